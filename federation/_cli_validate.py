@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from topology import LoadResult, load_paths
+from topology import Diagnostic, LoadResult, load_file
 from topology._analyze import analyze
+from topology._loader import iter_yaml_files
+
+PARALLEL_MIN_FILES = 64
+"""Below this many files a process pool costs more than it saves."""
 
 
 def register(sub: Any) -> None:
@@ -25,9 +33,38 @@ def register(sub: Any) -> None:
 
 
 def validate(paths: list[str]) -> LoadResult:
-    result = load_paths(paths)
+    """Load and check ``paths``; large trees are decoded on every core.
+
+    YAML parsing is the cost (libyaml's Python binding parses ~3 MB/s here), and files
+    are independent, so they are split into contiguous chunks (order is kept) and decoded
+    in worker processes; cross-resource analysis then runs once over the whole set.
+    """
+    result = LoadResult()
+    files: list[str] = []
+    for path in paths:
+        if not Path(path).exists():
+            result.diagnostics.append(Diagnostic(str(path), 0, "", "no such file or directory"))
+            continue
+        files.extend(iter_yaml_files(path))
+    workers = min(os.cpu_count() or 1, 8)
+    if len(files) >= PARALLEL_MIN_FILES and workers > 1:
+        size = -(-len(files) // (workers * 4))
+        chunks = [files[i:i + size] for i in range(0, len(files), size)]
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for part in pool.map(_load_chunk, chunks):
+                result.extend(part)
+    else:
+        result.extend(_load_chunk(files))
     result.diagnostics.extend(analyze(result))
     return result
+
+
+def _load_chunk(files: list[str]) -> LoadResult:
+    out = LoadResult()
+    for file in files:
+        out.extend(load_file(file))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -98,7 +98,22 @@ class _Converter:
                 seq.append(self.convert(item))
                 seq.item_lines.append(item.start_mark.line + 1)
             return seq
+        tag = node.tag
+        if tag == _STR:
+            return node.value
+        construct = _SCALARS.get(tag)
+        if construct is not None:
+            return construct(self.loader, node)
         return self.loader.construct_object(node, deep=True)
+
+
+_STR = "tag:yaml.org,2002:str"
+_SCALARS = {  # the common implicit scalars, bypassing construct_object's bookkeeping
+    "tag:yaml.org,2002:int": yaml.constructor.SafeConstructor.construct_yaml_int,
+    "tag:yaml.org,2002:bool": yaml.constructor.SafeConstructor.construct_yaml_bool,
+    "tag:yaml.org,2002:null": yaml.constructor.SafeConstructor.construct_yaml_null,
+    "tag:yaml.org,2002:float": yaml.constructor.SafeConstructor.construct_yaml_float,
+}
 
 
 def load_documents(text: str, file: str) -> tuple[list[Document], list[Diagnostic]]:
