@@ -197,7 +197,7 @@ class Decoder:
             for k, v in value.items():
                 p = f"{path}.{k}" if path else str(k)
                 if isinstance(value, LineDict):
-                    self.lines[p] = value.value_lines.get(k, value.line)
+                    self.lines[p] = value.key_lines.get(k, value.line)
                 if key_tp is str and not isinstance(k, str):
                     self.error(p, f"keys must be strings, found {describe(k)}")
                     continue
@@ -252,7 +252,7 @@ class Decoder:
         for key, raw in value.items():
             p = f"{path}.{key}" if path else str(key)
             if isinstance(value, LineDict):
-                self.lines[p] = value.value_lines.get(key, value.line)
+                self.lines[p] = value.key_lines.get(key, value.line)
             spec = table.get(key) if isinstance(key, str) else None
             if spec is None:
                 hint = difflib.get_close_matches(str(key), keys, n=1)

@@ -119,7 +119,7 @@ def _load_document(doc: Document, result: LoadResult) -> None:
     dec.lines[""] = doc.line
     if isinstance(data, LineDict):
         for k in data:
-            dec.lines[str(k)] = data.value_lines.get(k, doc.line)
+            dec.lines[str(k)] = data.key_lines.get(k, doc.line)
     if not isinstance(api_version, str) or not api_version:
         dec.error("apiVersion", f"missing or not a string; found {describe(api_version)}")
     if not isinstance(kind, str) or not kind:
@@ -168,7 +168,7 @@ def _load_document(doc: Document, result: LoadResult) -> None:
         extras = LineDict(doc.line)
         if isinstance(data, LineDict):
             for k, v in data.items():
-                if k not in _ENVELOPE:
+                if k not in _ENVELOPE and k in allowed:  # unknown keys were reported above
                     extras[k] = v
                     extras.key_lines[k] = data.key_lines[k]
                     extras.value_lines[k] = data.value_lines[k]
@@ -176,7 +176,7 @@ def _load_document(doc: Document, result: LoadResult) -> None:
     result.diagnostics.extend(dec.diagnostics)
     if dec.has_errors or meta is INVALID or spec is INVALID or body is INVALID:
         return
-    result.resources.append(Resource(api_version, kind, meta, spec, doc.file, doc.line, body))
+    result.resources.append(Resource(api_version, kind, meta, spec, doc.file, doc.line, body, dec.lines))
 
 
 def _name_of(data: dict[str, Any]) -> str:

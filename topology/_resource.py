@@ -9,8 +9,8 @@ manifests mix them in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from ._decode import Check, opt
 
@@ -85,6 +85,19 @@ class Resource:
     line: int
     body: Any = None
     """Typed top-level extras for kinds without ``spec`` (e.g. ServiceAccount)."""
+    lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+    """Line of every field path seen while decoding, so later analysis can point at fields."""
+
+    def line_of(self, path: str) -> int:
+        """Line of ``path`` or of its nearest ancestor that has one."""
+        p = path
+        while p:
+            line = self.lines.get(p)
+            if line:
+                return line
+            cut = max(p.rfind("."), p.rfind("["))
+            p = p[:cut] if cut > 0 else ""
+        return self.line
 
     @property
     def group(self) -> str:

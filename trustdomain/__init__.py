@@ -1,8 +1,26 @@
 """Identity and PKI: shared root, per-cluster CAs, SPIFFE SVIDs, bundles and federation."""
 
+from ._bundle import Bundle, BundleSet
+from ._ca import (
+    INTERMEDIATE_VALIDITY, ROOT_VALIDITY, CertificateAuthority, KeyType, create_intermediate, create_root,
+)
+from ._errors import (
+    BootstrapError, BundleError, CaError, IssuanceRefused, SpiffeIdError, TrustDomainError,
+)
+from ._files import DEFAULT_CA_DIR, CaDirectory, load_cacerts, write_svid
+from ._policy import BootstrapAuthority, BootstrapGrant, ClusterSigner
+from ._spiffe import SpiffeId, TrustDomain
+from ._verify import PeerRefused, PeerRole, RefusalReason, verify_peer, verify_peer_chain
+from ._svid import (
+    DEFAULT_SVID_LIFETIME, MIN_SVID_LIFETIME, X509Svid, issue_svid, make_csr, requested_id, sign_csr, with_key,
+)
 
-class TrustDomainError(Exception):
-    """Base of every error raised by ``trustdomain``."""
-
-
-__all__ = ["TrustDomainError"]
+__all__ = [
+    "BootstrapAuthority", "BootstrapError", "BootstrapGrant", "Bundle", "BundleError", "BundleSet",
+    "CaDirectory", "CaError", "CertificateAuthority", "ClusterSigner", "DEFAULT_CA_DIR",
+    "DEFAULT_SVID_LIFETIME", "INTERMEDIATE_VALIDITY", "IssuanceRefused", "KeyType", "MIN_SVID_LIFETIME", "PeerRefused", "PeerRole",
+    "RefusalReason",
+    "ROOT_VALIDITY", "SpiffeId", "SpiffeIdError", "TrustDomain", "TrustDomainError", "X509Svid",
+    "create_intermediate", "create_root", "issue_svid", "load_cacerts", "make_csr", "requested_id",
+    "sign_csr", "verify_peer", "verify_peer_chain", "with_key", "write_svid",
+]
