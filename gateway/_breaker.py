@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._flags import ResponseFlag
-from ._transitions import step
+from ._transitions import IllegalTransitionError, step
 
 if TYPE_CHECKING:
     from topology._traffic_policy import ConnectionPoolSettings
@@ -138,7 +138,7 @@ class Permit:
     def release(self) -> None:
         try:
             self.state = step("Permit", PERMIT_TRANSITIONS, self.state, PermitInput.RELEASE)
-        except Exception:
+        except IllegalTransitionError:
             self.state = PermitState.ERROR
             raise
         self._breaker._active[self.resource] -= 1

@@ -196,11 +196,11 @@ KUBE_ERRORS = [
     ("service_without_ports", "v1", "Service", """\
         spec:
           selector: {app: a}
-        """, ["k.yaml:6: spec.ports: a service needs at least one port; found none"]),
+        """, ["k.yaml:5: spec.ports: a service needs at least one port; found none"]),
     ("external_name_needs_name", "v1", "Service", """\
         spec:
           type: ExternalName
-        """, ["k.yaml:6: spec.externalName: an ExternalName service needs externalName; found none"]),
+        """, ["k.yaml:5: spec.externalName: an ExternalName service needs externalName; found none"]),
     ("service_type", "v1", "Service", """\
         spec:
           type: Internal
@@ -225,7 +225,7 @@ KUBE_ERRORS = [
           template:
             spec:
               containers: [{name: a}]
-        """, ["k.yaml:6: spec: missing required field 'selector'"]),
+        """, ["k.yaml:5: spec: missing required field 'selector'"]),
     ("container_typo", "apps/v1", "Deployment", DEPLOYMENT + "        imagePullPolcy: Always\n",
      ["k.yaml:13: spec.template.spec.containers[0].imagePullPolcy: unknown field 'imagePullPolcy' "
       "(did you mean 'imagePullPolicy'?)"]),

@@ -170,7 +170,7 @@ def test_locality_parses_and_prints_envoy_style(text: str, expected: Locality) -
 # -- rules ------------------------------------------------------------------------------
 MESH_ERRORS = [
     ("no_clusters", "clusters: []\n", ["mesh.yaml:6: spec.clusters: a mesh needs at least one cluster; found none"]),
-    ("clusters_required", "workloads: []\n", ["mesh.yaml:6: spec: missing required field 'clusters'"]),
+    ("clusters_required", "workloads: []\n", ["mesh.yaml:5: spec: missing required field 'clusters'"]),
     ("duplicate_cluster", """\
         clusters:
         - {name: a, addressBlock: 127.1.1.0/24}

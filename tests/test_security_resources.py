@@ -138,7 +138,7 @@ AUTHZ_ERRORS = [
     ("custom_needs_provider", """\
         action: CUSTOM
         rules: [{}]
-        """, ["p.yaml:7: spec.provider: a CUSTOM action needs provider.name (an extension provider); found none"]),
+        """, ["p.yaml:6: spec.provider: a CUSTOM action needs provider.name (an extension provider); found none"]),
     ("custom_needs_provider_name", """\
         action: CUSTOM
         provider: {}
@@ -147,7 +147,7 @@ AUTHZ_ERRORS = [
     ("custom_needs_rules", """\
         action: CUSTOM
         provider: {name: x}
-        """, ["p.yaml:7: spec.rules: CUSTOM action without rules is never triggered; "
+        """, ["p.yaml:6: spec.rules: CUSTOM action without rules is never triggered; "
               "add an empty rule {} to trigger it for every request"]),
     ("provider_only_with_custom", """\
         action: DENY
@@ -156,7 +156,7 @@ AUTHZ_ERRORS = [
         """, ["p.yaml:8: spec.provider: provider is only allowed with action CUSTOM; found action DENY"]),
     ("deny_needs_rules", """\
         action: DENY
-        """, ["p.yaml:7: spec.rules: DENY action without rules is never triggered; add an empty rule {} "
+        """, ["p.yaml:6: spec.rules: DENY action without rules is never triggered; add an empty rule {} "
               "to deny every request"]),
     ("unknown_action", """\
         action: REJECT
@@ -405,7 +405,7 @@ PEER_ERRORS = [
         mtls: {mode: STRICT}
         portLevelMtls:
           8080: {mode: DISABLE}
-        """, ["p.yaml:9: spec.portLevelMtls: a mesh- or namespace-wide PeerAuthentication cannot have port-level "
+        """, ["p.yaml:8: spec.portLevelMtls: a mesh- or namespace-wide PeerAuthentication cannot have port-level "
               "mTLS: add a selector with matchLabels; found no selector labels"]),
     ("port_out_of_range", """\
         selector: {matchLabels: {app: a}}

@@ -9,13 +9,21 @@ from ._errors import (
 )
 from ._files import DEFAULT_CA_DIR, CaDirectory, load_cacerts, write_svid
 from ._policy import BootstrapAuthority, BootstrapGrant, ClusterSigner
+from ._rotation import (
+    IntermediateRotation, RenewalPolicy, RenewalSchedule, RootPhase, RootRotation, renewal_schedule,
+)
+from ._source import SvidRotator
 from ._spiffe import SpiffeId, TrustDomain
+from ._tls import ALPN_PROTOCOLS, MtlsContexts, PeerIdentity, TlsStats, build_context
 from ._verify import PeerRefused, PeerRole, RefusalReason, verify_peer, verify_peer_chain
 from ._svid import (
     DEFAULT_SVID_LIFETIME, MIN_SVID_LIFETIME, X509Svid, issue_svid, make_csr, requested_id, sign_csr, with_key,
 )
 
 __all__ = [
+    "ALPN_PROTOCOLS", "IntermediateRotation", "MtlsContexts", "PeerIdentity", "RenewalPolicy",
+    "RenewalSchedule", "RootPhase", "RootRotation", "SvidRotator", "TlsStats", "build_context",
+    "renewal_schedule",
     "BootstrapAuthority", "BootstrapError", "BootstrapGrant", "Bundle", "BundleError", "BundleSet",
     "CaDirectory", "CaError", "CertificateAuthority", "ClusterSigner", "DEFAULT_CA_DIR",
     "DEFAULT_SVID_LIFETIME", "INTERMEDIATE_VALIDITY", "IssuanceRefused", "KeyType", "MIN_SVID_LIFETIME", "PeerRefused", "PeerRole",

@@ -46,7 +46,6 @@ log = logging.getLogger("meshfed.trustdomain.tls")
 ALPN_PROTOCOLS = ("h2", "http/1.1")
 _OPENSSL_REASONS = {  # X509_V_ERR_* codes, for when the sent chain cannot be read
     9: RefusalReason.NOT_YET_VALID, 10: RefusalReason.EXPIRED, 26: RefusalReason.WRONG_EKU,
-    13: RefusalReason.NOT_YET_VALID, 12: RefusalReason.EXPIRED,
 }
 
 
@@ -130,6 +129,7 @@ class MtlsContexts:
         self._rebuild()
 
     def _rebuild(self) -> None:
+        self._known = [c.public_bytes(serialization.Encoding.DER) for c in self._svid.intermediates]
         self._server = build_context(self._svid, self._bundles, server_side=True, alpn=self.alpn)
         self._client = build_context(self._svid, self._bundles, server_side=False, alpn=self.alpn)
         self.generation += 1
@@ -175,12 +175,13 @@ class MtlsContexts:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
             refusal = self._explain(stream, exc.__cause__, bundles, now, role)
+            await trio.aclose_forcefully(stream)
             if refusal is None:
                 raise
             self._refuse(refusal, role)
             raise refusal from exc
         try:
-            spiffe_id = verify_peer(sent_chain(stream), bundles, now, role)
+            spiffe_id = verify_peer(sent_chain(stream, self._known), bundles, now, role)
         except PeerRefused as refusal:
             self._refuse(refusal, role)
             await trio.aclose_forcefully(stream)
@@ -193,7 +194,7 @@ class MtlsContexts:
         """The refusal behind a failed handshake, or None when it failed for another cause."""
         if isinstance(cause, ssl.SSLCertVerificationError):
             try:
-                verify_peer(sent_chain(stream), bundles, now, role)
+                verify_peer(sent_chain(stream, self._known), bundles, now, role)
             except PeerRefused as refusal:
                 return refusal
             reason = _OPENSSL_REASONS.get(cause.verify_code, RefusalReason.CHAIN_NOT_TO_BUNDLE)
@@ -207,13 +208,13 @@ class MtlsContexts:
         log.warning("refused TLS %s %s: %s", role.name.lower(), refusal.spiffe_id or "(no identity)", refusal,
                     extra={"reason": refusal.reason.value})
 
-    # kept for callers that hold the pieces rather than the object
-    def verify(self, chain_der: Sequence[bytes], role: PeerRole = PeerRole.CLIENT) -> SpiffeId:
-        return verify_peer(chain_der, self._bundles, self.clock(), role)
 
+def sent_chain(stream: trio.SSLStream, known_intermediates: Sequence[bytes] = ()) -> list[bytes]:
+    """The certificates the peer sent, leaf first, as DER (see the module docstring).
 
-def sent_chain(stream: trio.SSLStream) -> list[bytes]:
-    """The certificates the peer sent, leaf first, as DER (see the module docstring)."""
+    ``known_intermediates`` are appended only in the leaf-only fallback, as a pool the
+    path builder may use; they are never trusted by themselves.
+    """
     obj = getattr(stream, "_ssl_object", None)
     for holder in (obj, getattr(obj, "_sslobj", None)):
         method = getattr(holder, "get_unverified_chain", None)
@@ -222,8 +223,4 @@ def sent_chain(stream: trio.SSLStream) -> list[bytes]:
         chain = method() or []
         return [c if isinstance(c, bytes) else c.public_bytes(2) for c in chain]  # 2 == _ssl.ENCODING_DER
     leaf = stream.getpeercert(binary_form=True)
-    return [leaf] if leaf else []
-
-
-def own_intermediates_der(svid: X509Svid) -> list[bytes]:
-    return [c.public_bytes(serialization.Encoding.DER) for c in svid.intermediates]
+    return [leaf, *known_intermediates] if leaf else []
