@@ -114,7 +114,7 @@ def register(sub: Any) -> None:
 def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
-            return fn(args)
+            return int(fn(args))
         except TrustDomainError as exc:
             raise FederationError(str(exc)) from None
     run.__name__ = fn.__name__

@@ -6,3 +6,16 @@ class GatewayError(Exception):
 
 
 __all__ = ["GatewayError"]
+from ._balancer import ActiveRequests, Balancer, BalancerError, BalancerHost, Host, PickContext, load_balancer_for, make_balancer, subset_hosts  # noqa: E402,E501
+from ._hashkey import HashDecision, HashPolicy, stable_hash64  # noqa: E402
+__all__ += ["ActiveRequests", "Balancer", "BalancerError", "BalancerHost", "HashDecision", "HashPolicy", "Host", "PickContext", "load_balancer_for", "make_balancer", "stable_hash64", "subset_hosts"]
+from ._breaker import CircuitBreaker, CircuitBreakerConfig, Overflow, Permit, Resource, RetryBudget  # noqa: E402
+from ._fault import Abort, FaultDecision, FaultPolicy  # noqa: E402
+from ._flags import ResponseFlag, format_flags  # noqa: E402
+from ._outlier import EjectionType, OutlierAction, OutlierConfig, OutlierDetector, OutlierEvent, OutlierEventSink, OutlierResult, RecordingSink  # noqa: E402,E501
+from ._ratelimit import Allowed, Limited, TokenBucket, TokenBucketConfig  # noqa: E402
+from ._retry import AttemptOutcome, AttemptResult, RetryCondition, RetryDecision, RetryPolicy, RetryVerdict  # noqa: E402
+from ._retry_state import RetryState  # noqa: E402
+from ._timeouts import Deadline, RequestTimer, TimeoutExpired, TimeoutKind, TimeoutPolicy  # noqa: E402
+from ._transitions import IllegalTransitionError  # noqa: E402
+__all__ += ["Abort", "Allowed", "AttemptOutcome", "AttemptResult", "CircuitBreaker", "CircuitBreakerConfig", "Deadline", "EjectionType", "FaultDecision", "FaultPolicy", "IllegalTransitionError", "Limited", "OutlierAction", "OutlierConfig", "OutlierDetector", "OutlierEvent", "OutlierEventSink", "OutlierResult", "Overflow", "Permit", "RecordingSink", "RequestTimer", "Resource", "ResponseFlag", "RetryBudget", "RetryCondition", "RetryDecision", "RetryPolicy", "RetryState", "RetryVerdict", "TimeoutExpired", "TimeoutKind", "TimeoutPolicy", "TokenBucket", "TokenBucketConfig", "format_flags"]  # noqa: E501

@@ -203,12 +203,13 @@ class _BalancerBase(Generic[H]):
         if not hosts:
             return None
         self.picks += 1
-        if context.exclude:
-            exclude = context.exclude
-            allowed = [i for i, h in enumerate(hosts) if h.key not in exclude]
-            if allowed and len(allowed) < len(hosts):
-                return self._choose_among(context, allowed)
-        return self._choose(context)
+        host = self._choose(context)
+        exclude = context.exclude
+        if not exclude or host.key not in exclude:
+            return host
+        # The ordinary pick landed on an excluded host: choose among the others, if any.
+        allowed = [i for i, h in enumerate(hosts) if h.key not in exclude]
+        return self._choose_among(context, allowed) if allowed else host
 
     def on_request_start(self, host: H) -> None:
         self.active.start(host.key)

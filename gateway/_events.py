@@ -29,6 +29,8 @@ Headers = Sequence[tuple[bytes, bytes]]
 class Role(enum.Enum):
     """Which end of the connection this codec speaks for."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum hashes the name in Python
+
     CLIENT = "client"
     SERVER = "server"
 

@@ -23,7 +23,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, NamedTuple, Union
 
 if TYPE_CHECKING:
     from topology._load_balancer import ConsistentHashLB
@@ -53,9 +53,11 @@ class HashOn(enum.Enum):
     QUERY_PARAMETER = "httpQueryParameterName"
 
 
-@dataclass(frozen=True, slots=True)
-class HashDecision:
-    """The hash of one request, and the cookie its response must set, if any."""
+class HashDecision(NamedTuple):
+    """The hash of one request, and the cookie its response must set, if any.
+
+    A NamedTuple rather than a frozen dataclass: one is made per request, and building a
+    frozen dataclass costs ~1 µs here against ~0.2 µs for a tuple."""
 
     hash: int | None
     """64-bit hash key; None when the policy's input is absent (the balancer then picks at random)."""
@@ -64,6 +66,8 @@ class HashDecision:
 
 
 NO_HASH = HashDecision(None)
+
+_HEADER, _COOKIE, _SOURCE_IP, _QUERY = HashOn.HEADER, HashOn.COOKIE, HashOn.SOURCE_IP, HashOn.QUERY_PARAMETER
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +110,15 @@ class HashPolicy:
         make up a cookie). TCP connections pass ``source_ip`` alone.
         """
         on = self.on
-        if on is HashOn.SOURCE_IP:
-            return HashDecision(stable_hash64(source_ip)) if source_ip else NO_HASH
-        if on is HashOn.HEADER:
+        if on is _HEADER:
             values = header_values(headers, self.name)
             if not values:
                 return NO_HASH
             # Envoy sorts the values so that {"a","b"} and {"b","a"} hash alike.
-            return HashDecision(stable_hash64("\0".join(sorted(values))))
-        if on is HashOn.QUERY_PARAMETER:
+            return HashDecision(stable_hash64(values[0] if len(values) == 1 else "\0".join(sorted(values))))
+        if on is _SOURCE_IP:
+            return HashDecision(stable_hash64(source_ip)) if source_ip else NO_HASH
+        if on is _QUERY:
             value = query_value(query, self.name)
             return NO_HASH if value is None else HashDecision(stable_hash64(value))
         value = cookie_value(headers, self.name)
@@ -141,17 +145,15 @@ class HashPolicy:
         return self.on.value if self.on is HashOn.SOURCE_IP else f"{self.on.value}={self.name}"
 
 
-def _text(value: HeaderValue) -> str:
-    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else value
-
-
 def header_values(headers: Headers, name: str) -> list[str]:
     """Every value of header ``name`` (lower case), in order; names compare case-insensitively."""
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    pairs = headers.items() if hasattr(headers, "items") else headers
     out = []
     for key, value in pairs:
-        if _text(key).lower() == name:
-            out.append(_text(value))
+        if type(key) is not str:
+            key = key.decode("latin-1")
+        if key.lower() == name:
+            out.append(value if type(value) is str else value.decode("latin-1"))
     return out
 
 

@@ -8,9 +8,7 @@ retry after a drawn backoff, or stop - because the attempt succeeded or failed i
 not listed (the result goes downstream as is), because the retries are used up (flag
 ``URX``), because the cluster's retry circuit breaker is full (flag ``UO``), or because
 the request body outgrew the replay buffer. ``RetryPolicy`` is the pure rule;
-``RetryState`` is the per-request bookkeeping around it: attempt count, the hosts
-already tried (so the balancer picks another, Envoy's ``previous_hosts`` predicate), the
-retry permit held while a retry is in flight, the replay buffer.
+``RetryState`` (``_retry_state``) is the per-request bookkeeping around it.
 
 Untrusted callers cannot steer retries: ``x-envoy-retry-on``, ``x-envoy-retry-grpc-on``,
 ``x-envoy-max-retries``, ``x-envoy-retriable-status-codes`` and
@@ -28,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import GatewayError
-from ._breaker import CircuitBreaker, Overflow, Permit, Resource
 from ._flags import ResponseFlag
 
 if TYPE_CHECKING:
@@ -310,74 +307,3 @@ class RetryPolicy:
         draws ``random() % interval_ms``."""
         bound_ms = max(1, round(self.backoff_bound(retry_index) * 1000))
         return rng.randrange(bound_ms) / 1000.0
-
-
-class RetryState:
-    """Retry bookkeeping of one request: attempts, hosts tried, replay buffer, retry permit."""
-
-    def __init__(self, policy: RetryPolicy, rng: random.Random, breaker: CircuitBreaker | None = None) -> None:
-        self.policy = policy
-        self._rng = rng
-        self._breaker = breaker
-        self.attempts = 0
-        self.body_bytes = 0
-        self._hosts: list[str] = []
-        self._localities: list[str] = []
-        self._permit: Permit | None = None
-
-    def record_attempt(self, host: str, locality: str | None = None) -> int:
-        """An attempt starts on ``host``; returns its number (1 = first try)."""
-        self.attempts += 1
-        self._hosts.append(host)
-        if locality is not None:
-            self._localities.append(locality)
-        return self.attempts
-
-    def record_request_body(self, nbytes: int) -> bool:
-        """Body bytes arrived; returns whether the request can still be replayed."""
-        self.body_bytes += nbytes
-        return self.replayable
-
-    @property
-    def replayable(self) -> bool:
-        return self.body_bytes <= self.policy.per_request_buffer_limit
-
-    @property
-    def tried_hosts(self) -> tuple[str, ...]:
-        return tuple(self._hosts)
-
-    @property
-    def excluded_hosts(self) -> frozenset[str]:
-        """Hosts the balancer should avoid for the next attempt (``previous_hosts``)."""
-        return frozenset(self._hosts) if self.policy.retry_ignore_previous_hosts else frozenset()
-
-    @property
-    def tried_localities(self) -> frozenset[str]:
-        return frozenset(self._localities)
-
-    def should_retry(self, result: AttemptResult) -> RetryDecision:
-        """Decision for the attempt that just ended; on RETRY a retry permit is held
-        until the next decision or ``close()``, and the backoff is drawn."""
-        self._release_permit()
-        decision = self.policy.should_retry(result, max(self.attempts, 1), replayable=self.replayable)
-        if not decision.retry:
-            return decision
-        if self._breaker is not None:
-            got = self._breaker.try_acquire(Resource.RETRIES)
-            if isinstance(got, Overflow):
-                return RetryDecision(RetryVerdict.OVERFLOW, decision.condition, flag=got.flag)
-            self._permit = got
-        backoff = self.policy.draw_backoff(self._rng, self.attempts - 1)
-        return RetryDecision(RetryVerdict.RETRY, decision.condition, backoff)
-
-    def close(self) -> None:
-        """The request is over: give back a retry permit still held."""
-        self._release_permit()
-
-    def _release_permit(self) -> None:
-        if self._permit is not None:
-            self._permit.release()
-            self._permit = None
-
-    def __repr__(self) -> str:
-        return f"<RetryState {self.attempts}/{self.policy.attempts + 1} attempts, tried {list(self._hosts)}>"

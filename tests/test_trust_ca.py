@@ -42,8 +42,8 @@ def openssl_verify(tmp_path: Path, root: x509.Certificate, chain: tuple[x509.Cer
 
 def test_root_defaults_to_ecdsa_p256_for_ten_years(root: CertificateAuthority) -> None:
     cert = root.certificate
-    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
-    assert cert.public_key().curve.name == "secp256r1"
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
     assert cert.not_valid_after_utc - NOW == dt.timedelta(days=3650)
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca and bc.value.path_length is None

@@ -15,6 +15,7 @@ from trustdomain import (
     Bundle, BundleSet, CertificateAuthority, MtlsContexts, PeerIdentity, PeerRefused, RefusalReason, SpiffeId,
     SvidRotator, TrustDomain, X509Svid, create_root, issue_svid,
 )
+from trustdomain._capture import has_hook, parse_certificate_message
 from trustdomain._files import cert_pem
 from trustdomain.testing import MeshPki, utcnow
 
@@ -121,8 +122,8 @@ async def test_svid_of_one_domain_from_another_domains_ca_is_refused_even_when_b
     refusal = out["server"]
     assert isinstance(refusal, PeerRefused) and refusal.reason is RefusalReason.CHAIN_NOT_TO_BUNDLE
     assert refusal.detail == ("'spiffe://east.example/ns/bookinfo/sa/reviews' does not chain to the bundle of "
-                              "'east.example': nothing in the peer's chain or the bundle of 'east.example' signed "
-                              "'' (its issuer is 'CN=unconstrained west root,O=meshfed')")
+                              "'east.example': it ends at root 'CN=unconstrained west root,O=meshfed', which is not "
+                              "in that bundle")
 
 
 async def test_client_without_certificate_is_refused(shared: MeshPki) -> None:
@@ -238,3 +239,78 @@ async def test_openssl_s_client_mtls_against_a_trio_server(shared: MeshPki, tmp_
     else:
         assert "200 OK" not in out
         assert server.stats.refused == {RefusalReason.NO_CLIENT_CERTIFICATE: 1}
+
+
+# --- the capture of what the peer sent ------------------------------------------------
+
+async def test_refusal_is_explained_from_the_captured_chain_over_tls_1_2_too(tmp_path: Path) -> None:
+    pki = MeshPki.independent_roots("east.example", "west.example")
+    server = MtlsContexts(pki.svid("east.example"), pki.bundles("east.example"))
+    svid = pki.svid("west.example", "bookinfo", "productpage")
+    files = pki.write_svid(svid, tmp_path)
+    old_client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old_client.maximum_version = ssl.TLSVersion.TLSv1_2
+    old_client.check_hostname, old_client.verify_mode = False, ssl.CERT_NONE
+    old_client.load_cert_chain(files["cert"], files["key"])
+    out = await pair(server, old_client)
+    assert isinstance(out["server"], PeerRefused)
+    assert out["server"].reason is RefusalReason.UNKNOWN_TRUST_DOMAIN
+    assert out["server"].spiffe_id == svid.spiffe_id
+
+
+async def test_established_connections_run_without_the_capture_hook(shared: MeshPki) -> None:
+    server = MtlsContexts(shared.svid("east.example"), shared.bundles())
+    client = MtlsContexts(shared.svid("west.example"), shared.bundles())
+    out = await pair(server, client)
+    for stream, handshake_ctx in ((out["server"][0], server.server_context()),
+                                  (out["client"][0], client.client_context())):
+        assert has_hook(handshake_ctx)
+        assert stream.context is not handshake_ctx
+        assert not has_hook(stream.context)
+    assert await exchange(out["server"][0], out["client"][0], b"after swap") == b"AFTER SWAP"
+
+
+async def test_handshake_failing_for_other_causes_is_not_a_refusal(shared: MeshPki) -> None:
+    server = MtlsContexts(shared.svid("east.example"), shared.bundles())
+    a, b = trio.testing.memory_stream_pair()
+    await b.send_all(b"GET / HTTP/1.1\r\n\r\n")  # plaintext to a TLS port
+    with pytest.raises(trio.BrokenResourceError):
+        await server.accept(a)
+    assert not server.stats.refused and server.stats.handshakes == 0
+
+
+@pytest.mark.parametrize("message, problem", [
+    (b"\x0b\x00\x00\x05" b"\x00" b"\x00\x00\x09" b"\x00", "truncated certificate list"),
+    (b"\x0b\x00\x00\x08" b"\x00" b"\x00\x00\x04" b"\x00\x00\x09" b"a", "truncated certificate entry"),
+])
+def test_truncated_certificate_messages_are_rejected(message: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=f"^{problem}$"):
+        parse_certificate_message(message, tls13=True)
+
+
+def test_certificate_message_of_tls_1_3_parses_to_der_certificates(shared: MeshPki) -> None:
+    ders = shared.svid("east.example").chain_der()
+    entries = b"".join(len(d).to_bytes(3, "big") + d + b"\x00\x00" for d in ders)
+    body = b"\x00" + len(entries).to_bytes(3, "big") + entries
+    assert parse_certificate_message(b"\x0b" + len(body).to_bytes(3, "big") + body, tls13=True) == ders
+
+
+def test_contexts_repr_and_stats_repr(shared: MeshPki) -> None:
+    ctx = MtlsContexts(shared.svid("east.example", "bookinfo", "reviews"), shared.bundles())
+    assert repr(ctx) == ("<MtlsContexts spiffe://east.example/ns/bookinfo/sa/reviews generation=1 "
+                         "trusting [east.example, west.example]>")
+    ctx.stats.record_refusal(RefusalReason.EXPIRED)
+    assert repr(ctx.stats) == "<TlsStats handshakes=0 refused[expired=1]>"
+
+
+async def test_peer_domain_added_at_link_time_is_trusted_from_the_next_handshake() -> None:
+    pki = MeshPki.independent_roots("east.example", "west.example")
+    server = MtlsContexts(pki.svid("east.example"), pki.bundles("east.example"))
+    client = MtlsContexts(pki.svid("west.example"), pki.bundles("west.example"))
+    before = await pair(server, client)
+    assert isinstance(before["client"], PeerRefused)  # each refuses the other's unknown domain
+    assert before["client"].reason is RefusalReason.UNKNOWN_TRUST_DOMAIN
+    server.update(bundles=server.bundles.with_bundle(bundle_exchange(pki, "west.example")))
+    client.update(bundles=client.bundles.with_bundle(bundle_exchange(pki, "east.example")))
+    after = await pair(server, client)
+    assert after["server"][1].trust_domain == WEST and after["client"][1].trust_domain == EAST

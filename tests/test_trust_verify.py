@@ -208,3 +208,11 @@ def test_alias_domain_verifies_against_the_local_bundle() -> None:
 def test_garbage_der_is_chain_not_to_bundle(pki: MeshPki) -> None:
     r = refusal([b"not a certificate"], pki.bundles())
     assert r.reason is RefusalReason.CHAIN_NOT_TO_BUNDLE and r.detail.startswith("certificate 0 is not DER")
+
+
+def test_intermediate_below_a_path_len_zero_ca_is_refused(pki: MeshPki) -> None:
+    east = pki.ca("east.example")
+    sub = create_intermediate(east, EAST, "east-sub", NOW)  # east has pathLen 0: it may sign leaves only
+    r = refusal(der(leaf(sub), sub.certificate, east.certificate), pki.bundles())
+    assert r.reason is RefusalReason.CHAIN_NOT_TO_BUNDLE
+    assert r.detail.endswith("CA 'CN=meshfed intermediate CA,L=east,O=meshfed' allows pathLen 0, found 1")

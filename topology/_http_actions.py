@@ -34,7 +34,9 @@ class Headers:
     """Changes to request headers (before forwarding) and response headers (before replying)."""
 
     request: HeaderOperations | None = None
+    """Changes to the request before it is forwarded. Defaults to none."""
     response: HeaderOperations | None = None
+    """Changes to the response before it is returned. Defaults to none."""
 
     @property
     def authority(self) -> tuple[str, ...]:
@@ -110,12 +112,14 @@ class HTTPBody:
     """Body of a direct response: text, or bytes written base64 in YAML."""
 
     string_: str | None = None
+    """Body as text (YAML key ``string``)."""
     bytes_: str | None = None
+    """Body as base64-encoded bytes (YAML key ``bytes``)."""
 
     def _check(self, c: Check) -> None:
         if check_oneof(c, self, ("string_", "bytes_")):
             return
-        size = len(self.string_.encode()) if self.string_ is not None else 0
+        size = len(self.string_.encode("utf-8", "surrogatepass")) if self.string_ is not None else 0
         if self.bytes_ is not None:
             try:
                 size = len(base64.b64decode(self.bytes_, validate=True))

@@ -40,23 +40,34 @@ HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY"})
 TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
 
 
-# -- checks -----------------------------------------------------------------------------
-
-def check_oneof(c: Check, obj: object, names: Iterable[str], label: str | None = None) -> bool:
+def check_oneof(c: Check, obj: object, names: Iterable[str]) -> bool:
     """A protobuf oneof: report when more than one member is set; True if it did."""
-    keys = [yaml_key(n) for n in names if getattr(obj, n) is not None]
+    members = tuple(names)
+    keys = [yaml_key(n) for n in members if getattr(obj, n) is not None]
     if len(keys) > 1:
-        what = label or "one of " + ", ".join(yaml_key(n) for n in names)
-        c.error(keys[1], f"only {what} may be set; found {' and '.join(keys)}")
+        allowed = ", ".join(yaml_key(n) for n in members)
+        c.error(keys[1], f"only one of {allowed} may be set; found {' and '.join(keys)}")
         return True
     return False
 
 
+def _under(path: str, base: str) -> bool:
+    return not base or path == base or path.startswith(base + ".") or path.startswith(base + "[")
+
+
 def has_errors_under(c: Check, rel: str = "") -> bool:
-    """Whether an error was already reported at or below ``rel`` (to avoid follow-on noise)."""
+    """Whether an error was already reported at or below ``rel`` (to avoid follow-on noise).
+
+    Children are decoded just before their parent's check runs, so the findings about this
+    object are the newest ones; the scan stops at the first finding from outside it.
+    """
     base = c.path(rel)
-    return any(d.is_error and (d.path == base or d.path.startswith(base + ".") or d.path.startswith(base + "["))
-               for d in c.decoder.diagnostics)
+    for d in reversed(c.decoder.diagnostics):
+        if not _under(d.path, c.base):
+            return False
+        if d.is_error and _under(d.path, base):
+            return True
+    return False
 
 
 def check_port(c: Check, rel: str, number: int) -> bool:
@@ -120,6 +131,7 @@ def dns_label_problem(label: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8192)
 def _domain_problem(domain: str, wildcard: bool) -> str | None:
     if not domain:
         return "empty domain name not allowed"

@@ -50,9 +50,14 @@ _TLS_ORDER = {p: i for i, p in enumerate((TLSProtocol.TLSV1_0, TLSProtocol.TLSV1
 
 @dataclass(frozen=True, slots=True)
 class TLSCertificate:
+    """One certificate/key pair of a server (RSA or ECDSA)."""
+
     server_certificate: str | None = None
+    """Certificate file. Required."""
     private_key: str | None = None
+    """Key file. Required."""
     ca_certificates: str | None = None
+    """CA bundle verifying client certificates."""
 
 
 @dataclass(frozen=True, slots=True)

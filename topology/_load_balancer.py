@@ -43,12 +43,16 @@ class HTTPCookie:
 
 @dataclass(frozen=True, slots=True)
 class RingHash:
+    """Ring hash (ketama) consistent hashing."""
+
     minimum_ring_size: int | None = None
     """Minimum number of virtual nodes on the ring. Defaults to 1024."""
 
 
 @dataclass(frozen=True, slots=True)
 class MagLev:
+    """Maglev consistent hashing."""
+
     table_size: int | None = None
     """Size of the Maglev lookup table, a prime below 5000011. Defaults to 65537."""
 

@@ -78,7 +78,8 @@ class LocalityLoadBalancerSetting:
         if len(present) > 1:
             c.error(present[1], f"only one of distribute, failover and failoverPriority may be set; "
                                 f"found {' and '.join(present)}")
-        _check_localities(c, "distribute", [d.from_ for d in self.distribute], item_key="from")
+        if all(d.from_ is not None for d in self.distribute):  # else 'from' was reported missing
+            _check_localities(c, "distribute", [d.from_ for d in self.distribute], item_key="from")
         for i, label in enumerate(self.failover_priority):
             if not label or label.startswith("="):
                 c.error(f"failoverPriority[{i}]", f"must be a label key or key=value; found {describe(label)}")

@@ -104,6 +104,8 @@ class IstioEgressListener:
 
 @dataclass(frozen=True, slots=True)
 class OutboundTrafficPolicy:
+    """What happens to traffic for destinations the sidecar does not know."""
+
     mode: OutboundTrafficPolicyMode = OutboundTrafficPolicyMode.REGISTRY_ONLY
     """REGISTRY_ONLY (only known services) or ALLOW_ANY (pass unknown destinations
     through). Defaults to REGISTRY_ONLY when this block is given; the mesh default is ALLOW_ANY."""

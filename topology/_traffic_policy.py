@@ -23,6 +23,8 @@ from ._load_balancer import LoadBalancerSettings
 
 @dataclass(frozen=True, slots=True)
 class TcpKeepalive:
+    """SO_KEEPALIVE settings of upstream connections."""
+
     probes: int | None = None
     """Unanswered probes before the connection is dead. Defaults to the OS's (Linux: 9)."""
     time: Duration | None = None
@@ -101,7 +103,9 @@ class ConnectionPoolSettings:
     """Circuit-breaker limits per upstream host."""
 
     tcp: TCPSettings | None = None
+    """Limits of TCP connections (HTTP included). Defaults to Envoy's (effectively unlimited)."""
     http: HTTPSettings | None = None
+    """Limits of HTTP requests. Defaults to Envoy's (effectively unlimited)."""
 
     def _check(self, c: Check) -> None:
         if self.tcp is None and self.http is None:
@@ -224,6 +228,8 @@ class ProxyProtocolVersion(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ProxyProtocol:
+    """PROXY protocol header sent on upstream connections."""
+
     version: ProxyProtocolVersion = ProxyProtocolVersion.V1
     """PROXY protocol version sent upstream. Defaults to V1."""
 
@@ -236,9 +242,13 @@ class PortTrafficPolicy:
     port: PortSelector | None = None
     """The port this policy applies to. Required."""
     load_balancer: LoadBalancerSettings | None = None
+    """As TrafficPolicy.loadBalancer, for this port."""
     connection_pool: ConnectionPoolSettings | None = None
+    """As TrafficPolicy.connectionPool, for this port."""
     outlier_detection: OutlierDetection | None = None
+    """As TrafficPolicy.outlierDetection, for this port."""
     tls: ClientTLSSettings | None = None
+    """As TrafficPolicy.tls, for this port."""
 
     def _check(self, c: Check) -> None:
         if self.port is None:

@@ -233,6 +233,7 @@ def _warn_unreachable(c: Check, field: str, rules: tuple[HTTPRoute, ...] | tuple
     """istioctl's VirtualServiceUnreachableRule / IneffectiveMatch warnings."""
     catch_all: int | None = None
     seen: dict[object, int] = {}
+    compare = sum(len(rule.match) for rule in rules) > 1  # rendering keys costs; skip when nothing to compare
     for i, rule in enumerate(rules):
         if catch_all is not None:
             c.warning(f"{field}[{i}]", f"rule is never used: {field}[{catch_all}] before it has no match "
@@ -242,12 +243,12 @@ def _warn_unreachable(c: Check, field: str, rules: tuple[HTTPRoute, ...] | tuple
             catch_all = i
             continue
         dups = 0
-        for j, m in enumerate(rule.match):
+        for j, m in enumerate(rule.match if compare else ()):
             key = repr(dataclasses.replace(m, name=None) if isinstance(m, HTTPMatchRequest) else m)
             if key in seen:
                 dups += 1
                 c.warning(f"{field}[{i}].match[{j}]", f"match is never used: {field}[{seen[key]}] has the same match")
             else:
                 seen[key] = i
-        if dups == len(rule.match):
+        if compare and dups == len(rule.match):
             c.warning(f"{field}[{i}]", "rule is never used: every match is taken by earlier rules")

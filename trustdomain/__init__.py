@@ -14,21 +14,19 @@ from ._rotation import (
 )
 from ._source import SvidRotator
 from ._spiffe import SpiffeId, TrustDomain
-from ._tls import ALPN_PROTOCOLS, MtlsContexts, PeerIdentity, TlsStats, build_context
-from ._verify import PeerRefused, PeerRole, RefusalReason, verify_peer, verify_peer_chain
 from ._svid import (
     DEFAULT_SVID_LIFETIME, MIN_SVID_LIFETIME, X509Svid, issue_svid, make_csr, requested_id, sign_csr, with_key,
 )
+from ._tls import ALPN_PROTOCOLS, MtlsContexts, PeerIdentity, TlsStats, build_context
+from ._verify import PeerRefused, PeerRole, RefusalReason, verify_peer, verify_peer_chain
 
 __all__ = [
-    "ALPN_PROTOCOLS", "IntermediateRotation", "MtlsContexts", "PeerIdentity", "RenewalPolicy",
-    "RenewalSchedule", "RootPhase", "RootRotation", "SvidRotator", "TlsStats", "build_context",
-    "renewal_schedule",
-    "BootstrapAuthority", "BootstrapError", "BootstrapGrant", "Bundle", "BundleError", "BundleSet",
-    "CaDirectory", "CaError", "CertificateAuthority", "ClusterSigner", "DEFAULT_CA_DIR",
-    "DEFAULT_SVID_LIFETIME", "INTERMEDIATE_VALIDITY", "IssuanceRefused", "KeyType", "MIN_SVID_LIFETIME", "PeerRefused", "PeerRole",
-    "RefusalReason",
-    "ROOT_VALIDITY", "SpiffeId", "SpiffeIdError", "TrustDomain", "TrustDomainError", "X509Svid",
-    "create_intermediate", "create_root", "issue_svid", "load_cacerts", "make_csr", "requested_id",
-    "sign_csr", "verify_peer", "verify_peer_chain", "with_key", "write_svid",
+    "ALPN_PROTOCOLS", "BootstrapAuthority", "BootstrapError", "BootstrapGrant", "Bundle", "BundleError",
+    "BundleSet", "CaDirectory", "CaError", "CertificateAuthority", "ClusterSigner", "DEFAULT_CA_DIR",
+    "DEFAULT_SVID_LIFETIME", "INTERMEDIATE_VALIDITY", "IntermediateRotation", "IssuanceRefused", "KeyType",
+    "MIN_SVID_LIFETIME", "MtlsContexts", "PeerIdentity", "PeerRefused", "PeerRole", "ROOT_VALIDITY",
+    "RefusalReason", "RenewalPolicy", "RenewalSchedule", "RootPhase", "RootRotation", "SpiffeId",
+    "SpiffeIdError", "SvidRotator", "TlsStats", "TrustDomain", "TrustDomainError", "X509Svid", "build_context",
+    "create_intermediate", "create_root", "issue_svid", "load_cacerts", "make_csr", "renewal_schedule",
+    "requested_id", "sign_csr", "verify_peer", "verify_peer_chain", "with_key", "write_svid",
 ]

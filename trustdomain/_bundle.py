@@ -45,8 +45,8 @@ def _jwk(cert: x509.Certificate) -> dict[str, Any]:
     if isinstance(key, ec.EllipticCurvePublicKey):
         crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
         size = (key.curve.key_size + 7) // 8
-        nums = key.public_numbers()
-        jwk.update(kty="EC", crv=crv, x=_b64url_int(nums.x, size), y=_b64url_int(nums.y, size))
+        point = key.public_numbers()
+        jwk.update(kty="EC", crv=crv, x=_b64url_int(point.x, size), y=_b64url_int(point.y, size))
     elif isinstance(key, rsa.RSAPublicKey):
         nums = key.public_numbers()
         jwk.update(kty="RSA", n=_b64url_int(nums.n), e=_b64url_int(nums.e))
@@ -64,14 +64,13 @@ class Bundle:
     x509_authorities: tuple[x509.Certificate, ...]
     sequence: int | None = None
     refresh_hint: dt.timedelta | None = None
-    _ders: frozenset[bytes] = field(init=False, repr=False, compare=False, default=frozenset())
+    _set: frozenset[x509.Certificate] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
-        ders = frozenset(c.public_bytes(serialization.Encoding.DER) for c in self.x509_authorities)
-        object.__setattr__(self, "_ders", ders)
+        object.__setattr__(self, "_set", frozenset(self.x509_authorities))  # hashed by DER
 
     def contains(self, cert: x509.Certificate) -> bool:
-        return cert.public_bytes(serialization.Encoding.DER) in self._ders
+        return cert in self._set
 
     def __repr__(self) -> str:
         return f"<Bundle {self.trust_domain} authorities={len(self.x509_authorities)} sequence={self.sequence}>"

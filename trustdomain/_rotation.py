@@ -70,7 +70,7 @@ class RenewalSchedule:
 
     def retry_at(self, now: dt.datetime, attempt: int) -> dt.datetime:
         """After a failed renewal: exponential backoff from 1 s, capped at 60 s and at expiry."""
-        backoff = min(RETRY_MAX, RETRY_MIN * (2 ** max(0, attempt - 1)))
+        backoff: dt.timedelta = min(RETRY_MAX, RETRY_MIN * 2 ** min(max(0, attempt - 1), 16))
         return min(now + backoff, max(now, self.not_after))
 
 

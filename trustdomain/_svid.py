@@ -127,7 +127,7 @@ def sign_csr(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, now:
     names += [x509.DNSName(n) for n in dns_sans(csr)]
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([])).issuer_name(ca.certificate.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - backdate_for(lifetime)).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -7,14 +7,16 @@ VERIFY_X509_PARTIAL_CHAIN, so an intermediate published in a bundle can anchor);
 OpenSSL thereby refuses strangers, missing certificates and broken signatures early.
 Then ``verify_peer`` runs on the chain the peer actually sent and re-checks it against
 the bundle of the peer's own trust domain, which is what refuses an SVID of domain A
-chained to domain B's authority. The sent chain comes from ``SSLObject
-.get_unverified_chain()`` (public from Python 3.13; on 3.10-3.12 the same method exists
-on the private ``_sslobj``); without either, the leaf alone is checked together with
-the intermediates this side knows (its own chain), which suffices under a shared root.
+chained to domain B's authority. The sent chain comes from the captured
+Certificate message, else ``get_unverified_chain()`` (public from Python 3.13; on
+3.10-3.12 on the private ``_sslobj``), else the leaf alone with the intermediates this
+side knows (its own chain), which suffices under a shared root.
 
-When OpenSSL refuses first, the sent chain is still read and run through ``verify_peer``
-so the refusal carries the same reason it would have had; OpenSSL's verify code is the
-fallback. Every refusal is logged with its reason and counted in ``TlsStats``.
+When OpenSSL refuses first it discards the sent chain, so the handshake contexts carry
+``ChainCapture`` (see ``_capture``), which keeps the Certificate message the peer sent;
+``verify_peer`` then explains the refusal with the same reason it would have given, and
+OpenSSL's verify code is only the fallback. Every refusal is logged with its reason and
+counted in ``TlsStats``.
 
 Contexts are immutable once built: a new SVID or bundle set builds new ones, which
 later handshakes pick up; an open connection keeps the context it started with.
@@ -35,6 +37,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 
 from ._bundle import BundleSet
+from ._capture import ChainCapture
 from ._errors import TrustDomainError
 from ._files import cert_pem, key_pem
 from ._spiffe import SpiffeId, TrustDomain
@@ -130,8 +133,15 @@ class MtlsContexts:
 
     def _rebuild(self) -> None:
         self._known = [c.public_bytes(serialization.Encoding.DER) for c in self._svid.intermediates]
-        self._server = build_context(self._svid, self._bundles, server_side=True, alpn=self.alpn)
-        self._client = build_context(self._svid, self._bundles, server_side=False, alpn=self.alpn)
+        self._capture = ChainCapture()
+        built = {}
+        for side, server_side in (("server", True), ("client", False)):
+            handshake = build_context(self._svid, self._bundles, server_side=server_side, alpn=self.alpn)
+            self._capture.install(handshake)
+            built[side] = (handshake, build_context(self._svid, self._bundles, server_side=server_side,
+                                                    alpn=self.alpn))
+        self._server, self._server_established = built["server"]
+        self._client, self._client_established = built["client"]
         self.generation += 1
 
     @property
@@ -162,39 +172,42 @@ class MtlsContexts:
     async def accept(self, transport: trio.abc.Stream) -> tuple[trio.SSLStream, PeerIdentity]:
         """Server side: handshake on ``transport``, verify the client's SVID, or raise PeerRefused."""
         stream = trio.SSLStream(transport, self._server, server_side=True)
-        return stream, await self._handshake(stream, PeerRole.CLIENT)
+        return stream, await self._handshake(stream, PeerRole.CLIENT, self._server_established)
 
     async def connect(self, transport: trio.abc.Stream) -> tuple[trio.SSLStream, PeerIdentity]:
         """Client side: handshake on ``transport``, verify the server's SVID, or raise PeerRefused."""
         stream = trio.SSLStream(transport, self._client, server_hostname=None)
-        return stream, await self._handshake(stream, PeerRole.SERVER)
+        return stream, await self._handshake(stream, PeerRole.SERVER, self._client_established)
 
-    async def _handshake(self, stream: trio.SSLStream, role: PeerRole) -> PeerIdentity:
-        bundles, now = self._bundles, self.clock()
+    async def _handshake(self, stream: trio.SSLStream, role: PeerRole,
+                         established: ssl.SSLContext) -> PeerIdentity:
+        bundles, now, capture, known = self._bundles, self.clock(), self._capture, self._known
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
-            refusal = self._explain(stream, exc.__cause__, bundles, now, role)
+            refusal = self._explain(sent_chain(stream, capture, known), exc.__cause__, bundles, now, role)
             await trio.aclose_forcefully(stream)
             if refusal is None:
                 raise
             self._refuse(refusal, role)
             raise refusal from exc
         try:
-            spiffe_id = verify_peer(sent_chain(stream, self._known), bundles, now, role)
+            spiffe_id = verify_peer(sent_chain(stream, capture, known), bundles, now, role)
         except PeerRefused as refusal:
             self._refuse(refusal, role)
             await trio.aclose_forcefully(stream)
             raise
+        stream.context = established  # drop the capture hook for the life of the connection
         self.stats.handshakes += 1
         return PeerIdentity(spiffe_id, bundles.canonical(spiffe_id.trust_domain), stream.selected_alpn_protocol())
 
-    def _explain(self, stream: trio.SSLStream, cause: BaseException | None, bundles: BundleSet,
+    def _explain(self, chain: list[bytes], cause: BaseException | None, bundles: BundleSet,
                  now: dt.datetime, role: PeerRole) -> PeerRefused | None:
         """The refusal behind a failed handshake, or None when it failed for another cause."""
         if isinstance(cause, ssl.SSLCertVerificationError):
             try:
-                verify_peer(sent_chain(stream, self._known), bundles, now, role)
+                if chain:  # empty when neither capture nor get_unverified_chain could see it
+                    verify_peer(chain, bundles, now, role)
             except PeerRefused as refusal:
                 return refusal
             reason = _OPENSSL_REASONS.get(cause.verify_code, RefusalReason.CHAIN_NOT_TO_BUNDLE)
@@ -209,18 +222,25 @@ class MtlsContexts:
                     extra={"reason": refusal.reason.value})
 
 
-def sent_chain(stream: trio.SSLStream, known_intermediates: Sequence[bytes] = ()) -> list[bytes]:
+def sent_chain(stream: trio.SSLStream, capture: ChainCapture | None = None,
+               known_intermediates: Sequence[bytes] = ()) -> list[bytes]:
     """The certificates the peer sent, leaf first, as DER (see the module docstring).
 
     ``known_intermediates`` are appended only in the leaf-only fallback, as a pool the
     path builder may use; they are never trusted by themselves.
     """
-    obj = getattr(stream, "_ssl_object", None)
+    obj = getattr(stream, "_ssl_object", None)  # trio keeps the ssl.SSLObject private
+    captured = capture.chain_of(obj) if capture is not None and obj is not None else None
+    if captured is not None:
+        return captured
     for holder in (obj, getattr(obj, "_sslobj", None)):
         method = getattr(holder, "get_unverified_chain", None)
         if method is None:
             continue
         chain = method() or []
         return [c if isinstance(c, bytes) else c.public_bytes(2) for c in chain]  # 2 == _ssl.ENCODING_DER
-    leaf = stream.getpeercert(binary_form=True)
+    try:
+        leaf = stream.getpeercert(binary_form=True)
+    except trio.NeedHandshakeError:
+        return []
     return [leaf, *known_intermediates] if leaf else []
