@@ -19,3 +19,9 @@ from ._retry_state import RetryState  # noqa: E402
 from ._timeouts import Deadline, RequestTimer, TimeoutExpired, TimeoutKind, TimeoutPolicy  # noqa: E402
 from ._transitions import IllegalTransitionError  # noqa: E402
 __all__ += ["Abort", "Allowed", "AttemptOutcome", "AttemptResult", "CircuitBreaker", "CircuitBreakerConfig", "Deadline", "EjectionType", "FaultDecision", "FaultPolicy", "IllegalTransitionError", "Limited", "OutlierAction", "OutlierConfig", "OutlierDetector", "OutlierEvent", "OutlierEventSink", "OutlierResult", "Overflow", "Permit", "RecordingSink", "RequestTimer", "Resource", "ResponseFlag", "RetryBudget", "RetryCondition", "RetryDecision", "RetryPolicy", "RetryState", "RetryVerdict", "TimeoutExpired", "TimeoutKind", "TimeoutPolicy", "TokenBucket", "TokenBucketConfig", "format_flags"]  # noqa: E501
+from ._events import (ConnectionClosed, Data, EndOfMessage, Event, GoAway, Headers, InformationalResponse,  # noqa: E402
+                      LocalProtocolError, ProtocolError, RemoteProtocolError, Request, Response, Role, StreamReset)
+from ._http1 import NEED_DATA, PAUSED, Http1Connection, Pending  # noqa: E402
+from ._http1_state import Http1State  # noqa: E402
+from ._limits import DEFAULT_LIMITS, HttpLimits  # noqa: E402
+__all__ += ["ConnectionClosed", "DEFAULT_LIMITS", "Data", "EndOfMessage", "Event", "GoAway", "Headers", "Http1Connection", "Http1State", "HttpLimits", "InformationalResponse", "LocalProtocolError", "NEED_DATA", "PAUSED", "Pending", "ProtocolError", "RemoteProtocolError", "Request", "Response", "Role", "StreamReset"]  # noqa: E501

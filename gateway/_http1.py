@@ -190,7 +190,7 @@ class Http1Connection:
             if their is MIGHT_SWITCH or their is SWITCHED:
                 return PAUSED
             if their is DONE or their is MUST_CLOSE or their is CLOSED:
-                if their is DONE and (events or self._buf):
+                if their is DONE and (events or self._buf or self._error is not None):
                     return PAUSED
                 if self._closed:
                     self._process_theirs(CONNECTION_CLOSED)
