@@ -25,3 +25,7 @@ from ._http1 import NEED_DATA, PAUSED, Http1Connection, Pending  # noqa: E402
 from ._http1_state import Http1State  # noqa: E402
 from ._limits import DEFAULT_LIMITS, HttpLimits  # noqa: E402
 __all__ += ["ConnectionClosed", "DEFAULT_LIMITS", "Data", "EndOfMessage", "Event", "GoAway", "Headers", "Http1Connection", "Http1State", "HttpLimits", "InformationalResponse", "LocalProtocolError", "NEED_DATA", "PAUSED", "Pending", "ProtocolError", "RemoteProtocolError", "Request", "Response", "Role", "StreamReset"]  # noqa: E501
+from ._authz import DENIED_BODY, DENIED_STATUS, Authorizer, AuthzDecision, AuthzRequest  # noqa: E402
+from ._peerauth import MtlsDecision, PeerAuthConfig  # noqa: E402
+from ._xfcc import XFCC_HEADER, PeerCertificate, XfccConfig  # noqa: E402
+__all__ += ["Authorizer", "AuthzDecision", "AuthzRequest", "DENIED_BODY", "DENIED_STATUS", "MtlsDecision", "PeerAuthConfig", "PeerCertificate", "XFCC_HEADER", "XfccConfig"]  # noqa: E501

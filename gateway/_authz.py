@@ -46,8 +46,9 @@ Deliberate limits, each what Istio or Envoy does in the same situation:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from topology import AuthorizationPolicy, Resource
 from topology._security import Action, Rule
@@ -59,6 +60,9 @@ DENIED_STATUS = 403  # Envoy RBAC filter's local reply: 403 Forbidden ...
 DENIED_BODY = b"RBAC: access denied"  # ... with this body
 
 Fields = tuple[FieldMatcher, ...]
+Step = tuple[Callable[[Ctx], Any], Callable[[Any], bool], bool]
+Steps = tuple[Step, ...]
+Plan = tuple[tuple[Steps, "AuthzDecision"], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,21 @@ class CompiledRule:
                 return "; ".join(next(w for f in fields if (w := f.why_not(ctx)) is not None) for fields in group)
         return None
 
+    def steps(self) -> Steps | None:
+        """The rule as one AND of (getter, test, negate), cheapest first; None when it never matches.
+        A ``from`` or ``to`` with several entries stays one OR step."""
+        if self.skipped:
+            return None
+        fields = list(self.when)
+        either: list[Step] = []
+        for group in (self.sources, self.operations):
+            if len(group) == 1:
+                fields.extend(group[0])
+            elif group:
+                either.append((_itself, lambda ctx, g=group: _any_all(g, ctx), False))
+        fields.sort(key=lambda f: f.cost)
+        return tuple((f.get, f.test, f.negate) for f in fields) + tuple(either)
+
     def for_tcp(self, action: Action) -> "CompiledRule":
         http = [f.path for f in (*self.when, *(f for s in self.sources for f in s),
                                  *(f for o in self.operations for f in o)) if f.http_only]
@@ -122,6 +141,10 @@ class CompiledRule:
         keep = lambda fs: tuple(f for f in fs if not f.http_only)  # noqa: E731
         return replace(self, when=keep(self.when), sources=tuple(keep(s) for s in self.sources),
                        operations=tuple(keep(o) for o in self.operations))
+
+
+def _itself(ctx: Ctx) -> Ctx:
+    return ctx
 
 
 def _any_all(groups: tuple[Fields, ...], ctx: Ctx) -> bool:
@@ -155,11 +178,9 @@ class CompiledPolicy:
         return cls(key, spec.action, http, tuple(r.for_tcp(spec.action) for r in http),
                    tuple(_match_decision(key, spec, i) for i in range(len(spec.rules))))
 
-    def first_match(self, ctx: Ctx) -> int | None:
-        for rule in self.tcp if ctx.req.tcp else self.http:
-            if rule.matches(ctx):
-                return rule.index
-        return None
+    def plan(self, tcp: bool) -> Plan:
+        return tuple((steps, self.decisions[r.index]) for r in (self.tcp if tcp else self.http)
+                     if (steps := r.steps()) is not None)
 
 
 def _compile_rule(c: FieldCompiler, index: int, rule: Rule) -> CompiledRule:
@@ -189,7 +210,7 @@ def _match_decision(key: str, spec: AuthorizationPolicy, index: int) -> AuthzDec
 class Authorizer:
     """Every AuthorizationPolicy that applies to one workload, compiled; ``check`` per request."""
 
-    __slots__ = ("namespace", "custom", "deny", "allow", "audit", "_hops", "_no_allow", "_default")
+    __slots__ = ("namespace", "custom", "deny", "allow", "audit", "_hops", "_no_allow", "_default", "_plans")
 
     def __init__(self, namespace: str, policies: Iterable[CompiledPolicy], num_trusted_proxies: int = 0) -> None:
         by_action: dict[Action, list[CompiledPolicy]] = {a: [] for a in Action}
@@ -203,6 +224,9 @@ class Authorizer:
         self._no_allow = AuthzDecision(False, f"no ALLOW policy matched ({len(self.allow)} applied: {names})")
         self._default = AuthzDecision(True, "allowed: no DENY policy matched and no ALLOW policy applies"
                                       if self.deny or self.custom else "allowed: no AuthorizationPolicy applies")
+        # per protocol: (CUSTOM then DENY, ALLOW, AUDIT) as flat lists of (steps, decision)
+        self._plans = {tcp: tuple(sum((p.plan(tcp) for p in group), ()) for group in
+                                  ((*self.custom, *self.deny), self.allow, self.audit)) for tcp in (False, True)}
 
     @classmethod
     def compile(cls, resources: Iterable[Resource], *, namespace: str, labels: Mapping[str, str] | None = None,
@@ -219,26 +243,15 @@ class Authorizer:
 
     def check(self, request: AuthzRequest) -> AuthzDecision:
         ctx = Ctx(request, self._hops)
-        decision = self._decide(ctx)
-        if self.audit:
-            for p in self.audit:
-                if p.first_match(ctx) is not None:
-                    return replace(decision, audited=True, audit_policy=p.key)
+        refuse, allow, audit = self._plans[request.tcp]
+        decision = _first(refuse, ctx)
+        if decision is None:
+            decision = (_first(allow, ctx) or self._no_allow) if self.allow else self._default
+        if audit:
+            audited = _first(audit, ctx)
+            if audited is not None:
+                return replace(decision, audited=True, audit_policy=audited.policy)
         return decision
-
-    def _decide(self, ctx: Ctx) -> AuthzDecision:
-        for group in (self.custom, self.deny):
-            for p in group:
-                i = p.first_match(ctx)
-                if i is not None:
-                    return p.decisions[i]
-        if not self.allow:
-            return self._default
-        for p in self.allow:
-            i = p.first_match(ctx)
-            if i is not None:
-                return p.decisions[i]
-        return self._no_allow
 
     def explain(self, request: AuthzRequest) -> tuple[str, ...]:
         """Per policy and rule, in evaluation order: "matched" or the first field that refused."""
@@ -260,6 +273,17 @@ class Authorizer:
     def __repr__(self) -> str:
         return (f"<Authorizer {self.namespace} [{len(self.custom)} CUSTOM, {len(self.deny)} DENY, "
                 f"{len(self.allow)} ALLOW, {len(self.audit)} AUDIT]>")
+
+
+def _first(plan: Plan, ctx: Ctx) -> AuthzDecision | None:
+    """The decision of the first rule whose every step passes."""
+    for steps, decision in plan:
+        for get, test, negate in steps:
+            if test(get(ctx)) == negate:
+                break
+        else:
+            return decision
+    return None
 
 
 def applies(res: Resource, namespace: str, labels: Mapping[str, str], root_namespace: str,

@@ -24,6 +24,7 @@ quote". Envoy quotes ``Subject`` always and writes the SANs raw, which is safe f
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -32,13 +33,16 @@ from cryptography import x509
 from trustdomain import SpiffeId
 
 XFCC_HEADER = b"x-forwarded-client-cert"
-_SPECIAL = frozenset(',;="')
+_SPECIAL = frozenset(',;="\\')
 
 
 def quote(value: str, *, always: bool = False) -> str:
-    """An XFCC value, double-quoted when it must be (or ``always``), inner quotes escaped."""
+    """An XFCC value, double-quoted when it must be (or ``always``), ``"`` and ``\\`` escaped.
+
+    Escaping the backslash too goes beyond the quoted rule; without it an RFC 4514 subject
+    (which escapes its own quotes as ``\\"``) could not be read back unambiguously."""
     if always or any(ch in _SPECIAL for ch in value):
-        return '"' + value.replace('"', '\\"') + '"'
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
 
@@ -118,14 +122,14 @@ def sanitize_set(headers: Iterable[tuple[bytes, bytes]], own: SpiffeId | str,
 def parse(value: str) -> list[dict[str, list[str]]]:
     """Elements of an XFCC header, each as key -> values (keys lower-cased); for tests and apps.
 
-    Splits on ``,`` and ``;`` outside double quotes, unquotes, and unescapes ``\\"``."""
+    Splits on ``,`` and ``;`` outside double quotes, unquotes, and unescapes ``\\"`` and ``\\\\``."""
     elements: list[dict[str, list[str]]] = []
     for element in _split(value, ","):
         pairs: dict[str, list[str]] = {}
         for pair in _split(element, ";"):
             key, _, val = pair.partition("=")
             if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
-                val = val[1:-1].replace('\\"', '"')
+                val = re.sub(r'\\(.)', r'\1', val[1:-1])
             pairs.setdefault(key.strip().lower(), []).append(val)
         elements.append(pairs)
     return elements

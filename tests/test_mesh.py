@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from topology import DemoApp, Mesh, WorkloadProtocol, load_paths, load_text
-from topology._mesh import Locality
+from topology._mesh import LocalitySpec as Locality
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "multi-cluster"

@@ -159,6 +159,28 @@ class Decoder:
 
     # -- decoding ------------------------------------------------------------------
     def decode(self, tp: Any, value: Any, path: str) -> Any:
+        shape = _SHAPES.get(tp)
+        if shape is None:
+            shape = _SHAPES[tp] = _shape_of(tp)
+        # Fast paths for the common leaves: a schema walk visits these most.
+        if shape is _S_STR:
+            if type(value) is str:
+                return value
+        elif shape is _S_DATACLASS:
+            return self._decode_dataclass(tp, value, path)
+        elif shape is _S_INT:
+            if type(value) is int:
+                return value
+        elif shape is _S_OPTIONAL:
+            if value is None:
+                return None
+            return self.decode(_ARGS[tp][0], value, path)
+        elif shape is _S_BOOL:
+            if type(value) is bool:
+                return value
+        return self._decode_slow(tp, value, path)
+
+    def _decode_slow(self, tp: Any, value: Any, path: str) -> Any:
         origin = typing.get_origin(tp)
         if origin is typing.Union or origin is types.UnionType:
             args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -280,6 +302,30 @@ class Decoder:
         if check is not None and ok:
             check(Check(self, path))
         return obj
+
+
+_S_STR, _S_INT, _S_BOOL, _S_DATACLASS, _S_OPTIONAL, _S_OTHER = (object() for _ in range(6))
+_SHAPES: dict[Any, object] = {}
+_ARGS: dict[Any, tuple[Any, ...]] = {}
+
+
+def _shape_of(tp: Any) -> object:
+    """Classify a schema type once, so ``decode`` dispatches with one dict lookup."""
+    if tp is str:
+        return _S_STR
+    if tp is int:
+        return _S_INT
+    if tp is bool:
+        return _S_BOOL
+    if tp is not Duration and dataclasses.is_dataclass(tp):
+        return _S_DATACLASS
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = tuple(a for a in typing.get_args(tp) if a is not type(None))
+        if len(args) == 1:
+            _ARGS[tp] = args
+            return _S_OPTIONAL
+    return _S_OTHER
 
 
 class Check:

@@ -66,7 +66,7 @@ REVIEWS_VERSIONS = ("v1", "v2", "v3")
 
 
 @dataclass(frozen=True, slots=True)
-class Locality:
+class LocalitySpec:
     """Where something runs, as Envoy's ``region/zone/subzone``; unset parts are None."""
 
     region: str | None = None
@@ -74,16 +74,16 @@ class Locality:
     subzone: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Locality":
-        """``"us-east/us-east-1a"`` -> Locality("us-east", "us-east-1a"); empty parts are None."""
+    def parse(cls, text: str) -> "LocalitySpec":
+        """``"us-east/us-east-1a"`` -> LocalitySpec("us-east", "us-east-1a"); empty parts are None."""
         parts = (text.split("/") + ["", "", ""])[:3]
         return cls(*(p or None for p in parts))
 
-    def overlay(self, other: "Locality | None") -> "Locality":
+    def overlay(self, other: "LocalitySpec | None") -> "LocalitySpec":
         """This locality with the parts ``other`` sets replaced (a workload's override)."""
         if other is None:
             return self
-        return Locality(other.region or self.region, other.zone or self.zone, other.subzone or self.subzone)
+        return LocalitySpec(other.region or self.region, other.zone or self.zone, other.subzone or self.subzone)
 
     def __str__(self) -> str:
         return "/".join(p or "" for p in (self.region, self.zone, self.subzone)).rstrip("/")
@@ -114,7 +114,7 @@ class Cluster:
     network: str | None = None
     """Clusters on one network reach each other's endpoints directly; others go through the
     east-west gateway. Defaults to the cluster's name (a network of its own)."""
-    locality: Locality | None = None
+    locality: LocalitySpec | None = None
     """Region/zone/subzone of every workload of the cluster unless a workload overrides it."""
     trust_domain: str | None = None
     """SPIFFE trust domain of the cluster's workloads, unique in the mesh (one per cluster under
@@ -259,7 +259,7 @@ class Workload:
     cluster: str | None = None
     """The cluster that runs it; or list several in ``clusters``."""
     clusters: tuple[str, ...] = ()
-    locality: Locality | None = None
+    locality: LocalitySpec | None = None
     """Overrides parts of the cluster's locality (e.g. another zone)."""
     command: tuple[str, ...] | None = None
     """Argv of the user's app. It must listen on its address (``$MESHFED_ADDRESS``) at each targetPort."""
@@ -351,10 +351,10 @@ class Mesh:
     def workloads_in(self, cluster: str) -> tuple[Workload, ...]:
         return tuple(w for w in self.workloads if cluster in w.cluster_names)
 
-    def locality_of(self, workload: Workload, cluster: str) -> Locality:
+    def locality_of(self, workload: Workload, cluster: str) -> LocalitySpec:
         """The locality of ``workload``'s instances in ``cluster``: the cluster's, overlaid."""
         found = self.cluster_named(cluster)
-        base = found.locality if found is not None and found.locality is not None else Locality()
+        base = found.locality if found is not None and found.locality is not None else LocalitySpec()
         return base.overlay(workload.locality)
 
     def _check(self, c: Check) -> None:
