@@ -21,11 +21,23 @@ import difflib
 import enum
 import types
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ._duration import Duration, DurationSyntaxError
 from ._errors import Diagnostic, Severity
 from ._yaml import LineDict, LineList
+
+
+def nearest_line(lines: Mapping[str, int], path: str, default: int) -> int:
+    """Line of ``path`` or of its nearest ancestor that has one (``a.b[2].c`` -> ``a.b[2]`` -> ...)."""
+    p = path
+    while p:
+        line = lines.get(p)
+        if line:
+            return line
+        cut = max(p.rfind("."), p.rfind("["))
+        p = p[:cut] if cut > 0 else ""
+    return default
 
 
 class _Invalid:
@@ -132,14 +144,7 @@ class Decoder:
 
     # -- reporting -----------------------------------------------------------------
     def line_of(self, path: str) -> int:
-        p = path
-        while p:
-            line = self.lines.get(p)
-            if line:
-                return line
-            cut = max(p.rfind("."), p.rfind("["))
-            p = p[:cut] if cut > 0 else ""
-        return self.lines.get("", 0)
+        return nearest_line(self.lines, path, self.lines.get("", 0))
 
     def report(self, path: str, message: str, severity: Severity = Severity.ERROR,
                line: int | None = None) -> None:

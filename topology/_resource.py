@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ._decode import Check, opt
+from ._decode import Check, nearest_line, opt
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -90,14 +90,7 @@ class Resource:
 
     def line_of(self, path: str) -> int:
         """Line of ``path`` or of its nearest ancestor that has one."""
-        p = path
-        while p:
-            line = self.lines.get(p)
-            if line:
-                return line
-            cut = max(p.rfind("."), p.rfind("["))
-            p = p[:cut] if cut > 0 else ""
-        return self.line
+        return nearest_line(self.lines, path, self.line)
 
     @property
     def group(self) -> str:
