@@ -29,3 +29,5 @@ from ._authz import DENIED_BODY, DENIED_STATUS, Authorizer, AuthzDecision, Authz
 from ._peerauth import MtlsDecision, PeerAuthConfig  # noqa: E402
 from ._xfcc import XFCC_HEADER, PeerCertificate, XfccConfig  # noqa: E402
 __all__ += ["Authorizer", "AuthzDecision", "AuthzRequest", "DENIED_BODY", "DENIED_STATUS", "MtlsDecision", "PeerAuthConfig", "PeerCertificate", "XFCC_HEADER", "XfccConfig"]  # noqa: E501
+from ._http2 import Http2Connection  # noqa: E402
+__all__ += ["Http2Connection"]

@@ -97,14 +97,6 @@ class CompiledRule:
     skipped: str = ""
     """Non-empty when the rule can never match here (an ALLOW rule with HTTP fields on TCP): why."""
 
-    def matches(self, ctx: Ctx) -> bool:
-        if self.skipped:
-            return False
-        for f in self.when:
-            if f.test(f.get(ctx)) == f.negate:
-                return False
-        return _any_all(self.sources, ctx) and _any_all(self.operations, ctx)
-
     def why_not(self, ctx: Ctx) -> str | None:
         if self.skipped:
             return self.skipped

@@ -17,8 +17,10 @@ and slashes, the whole path without query and fragment.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+from operator import attrgetter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -57,6 +59,7 @@ class AuthzRequest:
     headers: Headers = ()
 
 
+@functools.lru_cache(maxsize=4096)  # peers repeat: parse each address once, not per request
 def _ip_key(text: str) -> tuple[int, int] | None:
     try:
         ip = ipaddress.ip_address(text.strip())
@@ -66,20 +69,17 @@ def _ip_key(text: str) -> tuple[int, int] | None:
 
 
 class Ctx:
-    """The request's attributes, each derived once and only when a matcher asks for it."""
+    """The request's attributes, each derived once and only when a matcher asks for it; the
+    peer principal (``spiffe://`` stripped) up front, as nearly every policy reads it."""
 
-    __slots__ = ("req", "hops", "_principal", "_source", "_remote", "_dest", "_headers")
+    __slots__ = ("req", "hops", "principal", "_source", "_remote", "_dest", "_headers")
 
     def __init__(self, req: AuthzRequest, hops: int = 0) -> None:
         self.req, self.hops = req, hops
-        self._principal = self._source = self._remote = self._dest = self._headers = _UNSET
-
-    def principal(self) -> str | None:
-        if self._principal is _UNSET:
-            peer = self.req.peer
-            text = None if peer is None else str(peer)
-            self._principal = text[len(_SCHEME):] if text and text.startswith(_SCHEME) else text
-        return self._principal
+        peer = req.peer
+        text = None if peer is None else str(peer)
+        self.principal = text[len(_SCHEME):] if text and text.startswith(_SCHEME) else text
+        self._source = self._remote = self._dest = self._headers = _UNSET
 
     def source_ip(self) -> tuple[int, int] | None:
         if self._source is _UNSET:
@@ -127,13 +127,16 @@ def _never(_ctx: Ctx) -> None:
     return None
 
 
+_PRINCIPAL = attrgetter("principal")
+# C-level getters where the raw value will do: an empty method or SNI matches no pattern that
+# None would not (values are never empty, and "*" presence tests for a non-empty string)
 _ATTRIBUTE_GETTERS: dict[str, Callable[[Ctx], Any]] = {
-    "source.principal": Ctx.principal, "source.namespace": Ctx.principal, "source.serviceAccount": Ctx.principal,
+    "source.principal": _PRINCIPAL, "source.namespace": _PRINCIPAL, "source.serviceAccount": _PRINCIPAL,
     "source.ip": Ctx.source_ip, "remote.ip": Ctx.remote_ip, "destination.ip": Ctx.destination_ip,
-    "destination.port": lambda c: c.req.destination_port,
-    "connection.sni": lambda c: c.req.sni or None,
+    "destination.port": attrgetter("req.destination_port"),
+    "connection.sni": attrgetter("req.sni"),
     "request.host": lambda c: c.req.host.lower() if c.req.host else None,
-    "request.method": lambda c: c.req.method or None,
+    "request.method": attrgetter("req.method"),
     "request.path": Ctx.path,
 }
 
@@ -163,8 +166,8 @@ class FieldMatcher:
         if self.test(value) != self.negate:
             return None
         wanted = ", ".join(repr(v) for v in self.values)
-        if value is None:
-            seen = f"{self.attribute} is absent" + (" (no mTLS peer)" if self.get is Ctx.principal else "")
+        if value is None or value == "":
+            seen = f"{self.attribute} is absent" + (" (no mTLS peer)" if self.get is _PRINCIPAL else "")
             return f"{self.path}: {seen}; wanted one of [{wanted}]"
         if isinstance(value, tuple):
             value = str(ipaddress.IPv4Address(value[1]) if value[0] == 4 else ipaddress.IPv6Address(value[1]))
@@ -188,6 +191,8 @@ def string_test(patterns: Iterable[str], *, lower: bool = False, empty_is_presen
         else:
             exact.add(p)
     pre, suf = tuple(prefixes), tuple(suffixes)
+    if not (pre or suf or presence):
+        return frozenset(exact).__contains__  # no Python frame per test
 
     def test(v: str | None) -> bool:
         if v is None:
@@ -211,8 +216,7 @@ def cidr_test(values: Iterable[str]) -> Test:
 
 
 def port_test(values: Iterable[str]) -> Test:
-    ports = frozenset(int(v) for v in values)
-    return lambda port: port in ports
+    return frozenset(int(v) for v in values).__contains__
 
 
 def path_test(values: Iterable[str]) -> Test:

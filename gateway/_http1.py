@@ -536,7 +536,8 @@ class Http1Connection:
         hosts = 0
         watch = _SEND_WATCH
         for name, value in headers:  # type: ignore[attr-defined]
-            lname = name.lower()
+            # Parsed names are lowercase already and their hash is cached: test them as they are.
+            lname = name if name in watch or name.islower() else name.lower()
             if lname in watch:
                 if lname == b"content-length":
                     if clen is not None and clen != value:

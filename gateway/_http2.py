@@ -159,23 +159,12 @@ class _FrameGuard:
     def _note_open(self, stream: int) -> None:
         now = self._clock()
         young = self._young
-        young[stream] = now
-        for oldest in young:  # insertion order is age order; drop what has outgrown "premature"
-            if now - young[oldest] < self._lifetime:
-                break
-            del young[oldest]
-            if not young:
-                break
-            # restart iteration after a deletion
-            return self._note_open_prune(now)
-
-    def _note_open_prune(self, now: float) -> None:
-        young = self._young
-        while young:
+        while young:  # insertion order is age order: drop what has outgrown "premature"
             oldest = next(iter(young))
             if now - young[oldest] < self._lifetime:
-                return
+                break
             del young[oldest]
+        young[stream] = now
 
     def _note_reset(self, stream: int) -> str | None:
         opened = self._young.pop(stream, None)
@@ -279,8 +268,11 @@ class Http2Connection:
 
     def _translate(self, received: list[h2e.Event]) -> None:
         out = self._events
+        refused: set[int] = set()  # streams reset here for too many fields: drop the rest of their batch
         for ev in received:
             kind = type(ev)
+            if refused and getattr(ev, "stream_id", None) in refused:
+                continue
             if kind is h2e.DataReceived:
                 pad = ev.flow_controlled_length - len(ev.data)
                 if pad:
@@ -289,8 +281,9 @@ class Http2Connection:
                     out.append(_new_data(ev.data, ev.stream_id))
             elif kind is h2e.RequestReceived or kind is h2e.ResponseReceived or kind is h2e.InformationalResponseReceived:
                 head = self._head(ev.stream_id, ev.headers, kind)
-                if head is not None:
-                    out.append(head)
+                if type(head) is StreamReset:
+                    refused.add(ev.stream_id)
+                out.append(head)
             elif kind is h2e.StreamEnded:
                 if ev.stream_id in self._trailers_ended:
                     self._trailers_ended.discard(ev.stream_id)
@@ -301,11 +294,11 @@ class Http2Connection:
                 out.append(_new_end(list(ev.headers), ev.stream_id))
             elif kind is h2e.StreamReset:
                 self._out.pop(ev.stream_id, None)
-                out.append(StreamReset(ev.stream_id, int(ev.error_code), ev.remote))
+                out.append(StreamReset(ev.stream_id, int(ev.error_code), ev.remote_reset))
             elif kind is h2e.ConnectionTerminated:
                 out.append(GoAway(int(ev.error_code), ev.last_stream_id or 0, ev.additional_data or b""))
 
-    def _head(self, stream_id: int, raw: Headers, kind: type) -> Event | None:
+    def _head(self, stream_id: int, raw: Headers, kind: type) -> Event:
         if len(raw) > self._limits.max_headers + 4:  # four pseudo-header fields at most
             fields = [n for n, _ in raw if not n.startswith(b":")]
             if len(fields) > self._limits.max_headers:

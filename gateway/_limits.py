@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from topology import Check, Duration
-from topology._decode import describe
+from topology._decode import describe, yaml_key
 
 KIB = 1024
 
@@ -23,7 +23,7 @@ class HttpLimits:
     max_header_bytes: int = 60 * KIB
     """Bytes of one header section (names + values, request target included; trailers count
     separately against the same bound). Over it: 431 on HTTP/1.1, GOAWAY on HTTP/2 (HPACK
-    bomb) . Envoy ``max_request_headers_kb``; defaults to 60 KiB."""
+    bomb). Envoy ``max_request_headers_kb``; defaults to 60 KiB."""
     max_headers: int = 100
     """Header fields in one section. Over it: 431 on HTTP/1.1, stream reset on HTTP/2.
     Envoy ``max_headers_count``; defaults to 100."""
@@ -97,30 +97,28 @@ class HttpLimits:
                      "max_inbound_window_update_frames_per_data_frame_sent"):
             value = getattr(self, name)
             if value < 1:
-                c.error(_key(name), f"must be at least 1; found {describe(value)}")
+                c.error(yaml_key(name), f"must be at least 1; found {describe(value)}")
         if self.max_body_bytes is not None and self.max_body_bytes < 0:
             c.error("maxBodyBytes", f"must not be negative; found {describe(self.max_body_bytes)}")
         for name in ("max_consecutive_inbound_frames_with_empty_payload", "min_outbound_data_frame"):
             if getattr(self, name) < 0:
-                c.error(_key(name), f"must not be negative; found {describe(getattr(self, name))}")
+                c.error(yaml_key(name), f"must not be negative; found {describe(getattr(self, name))}")
         if not 1 <= self.max_continuation_frames <= 64:
             c.error("maxContinuationFrames",
                     f"must be between 1 and 64 (h2's own bound); found {describe(self.max_continuation_frames)}")
         for name in ("initial_stream_window_size", "initial_connection_window_size"):
             value = getattr(self, name)
             if not 65535 <= value <= 2**31 - 1:
-                c.error(_key(name), f"must be between 65535 and 2147483647 (RFC 9113 6.9.2 and "
+                c.error(yaml_key(name), f"must be between 65535 and 2147483647 (RFC 9113 6.9.2 and "
                                     f"Envoy's range); found {describe(value)}")
         if not 16384 <= self.max_frame_size <= 2**24 - 1:
             c.error("maxFrameSize", f"must be between 16384 and 16777215 (RFC 9113 6.5.2); "
                                     f"found {describe(self.max_frame_size)}")
+        for name in ("premature_reset_lifetime", "rapid_reset_window"):
+            if getattr(self, name).nanos <= 0:
+                c.error(yaml_key(name), f"must be longer than 0s; found {describe(str(getattr(self, name)))}")
         if not 0 <= self.hpack_table_size <= 2**32 - 1:
             c.error("hpackTableSize", f"must be between 0 and 4294967295; found {describe(self.hpack_table_size)}")
-
-
-def _key(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.capitalize() for p in rest)
 
 
 DEFAULT_LIMITS = HttpLimits()

@@ -37,10 +37,9 @@ conditions all hold. The entry found is returned as is - no allocation per reque
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, Iterable, Iterator, Mapping, TypeVar
+from typing import Iterable
 
 from topology._endpoint import Service
-from topology._hostname import host_matches, split_service_fqdn
 from topology._http_route import HTTPMatchRequest, HTTPRoute
 from topology._registry import ServiceRegistry
 from topology._resource import Resource
@@ -52,98 +51,17 @@ from ._actions import (
 )
 from ._cors import CorsConfig
 from ._match import CATCH_ALL_PATH, HttpMatchConfig, RouteRequest
-from ._vsselect import BoundVirtualService, ClientWorkload, resolve_gateway, select_virtual_services
+from ._vsselect import (
+    BoundVirtualService, ClientWorkload, DomainIndex, http_ports, resolve_gateway, select_virtual_services,
+    service_domains,
+)
 
-HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY", "UNSUPPORTED"})
-"""Istio's ``IsHTTPOrSniffed``: ports that get HTTP route configurations."""
 NON_REGISTRY_PORT = 80
 """Port on which VirtualService hosts outside the registry are routed (pilot route.go)."""
-
-V = TypeVar("V")
 
 
 class RouteCompileError(GatewayError, ValueError):
     """A routing table that cannot be built from what it was given."""
-
-
-class DomainIndex(Generic[V]):
-    """Envoy's virtual-host selection: exact domains, then wildcard suffixes longest
-    first, then ``*``. Ports are ignored (Istio sets ``ignore_port_in_host_matching``);
-    ``host:port`` domains are kept as exact keys so the common case is one lookup."""
-
-    __slots__ = ("_exact", "_wild", "_by_len", "_star")
-
-    def __init__(self) -> None:
-        self._exact: dict[str, V] = {}
-        self._wild: dict[str, V] = {}
-        self._by_len: tuple[tuple[int, dict[str, V]], ...] = ()
-        self._star: V | None = None
-
-    def __contains__(self, domain: str) -> bool:
-        return domain in self._exact or domain in self._wild or (domain == "*" and self._star is not None)
-
-    def add(self, domain: str, value: V) -> bool:
-        """Claim ``domain`` for ``value``; False if it is already taken (first one wins)."""
-        if domain in self:
-            return False
-        if domain == "*":
-            self._star = value
-        elif domain.startswith("*"):
-            if ":" not in domain:  # `*.foo.com:80`: ports are ignored anyway
-                self._wild[domain] = value
-                groups: dict[int, dict[str, V]] = dict(self._by_len)
-                groups.setdefault(len(domain) - 1, {})[domain[1:]] = value
-                self._by_len = tuple(sorted(groups.items(), reverse=True))
-        else:
-            self._exact[domain] = value
-        return True
-
-    def get(self, domain: str) -> V | None:
-        return self._star if domain == "*" else self._exact.get(domain) or self._wild.get(domain)
-
-    def find(self, authority: str) -> V | None:
-        found = self._exact.get(authority)
-        if found is not None:
-            return found
-        host = authority.lower()
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.partition(":")[0]
-        found = self._exact.get(host)
-        if found is not None:
-            return found
-        n_host = len(host)
-        for n, table in self._by_len:
-            if n < n_host:  # a wildcard stands for at least one character
-                found = table.get(host[-n:])
-                if found is not None:
-                    return found
-        return self._star
-
-    def values(self) -> Iterator[V]:
-        seen: set[int] = set()
-        for v in (*self._exact.values(), *self._wild.values(), *((self._star,) if self._star is not None else ())):
-            if id(v) not in seen:
-                seen.add(id(v))
-                yield v
-
-
-def service_domains(svc: Service, port: int, client_namespace: str, domain: str) -> list[str]:
-    """Every name a client in ``client_namespace`` may use for ``svc`` on ``port``."""
-    fqdn = svc.hostname.name
-    names = [fqdn]
-    split = split_service_fqdn(fqdn, domain)
-    if split is not None:
-        name, ns = split
-        names += [f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.clusterset.local"]
-        if ns == client_namespace:
-            names.append(name)
-    return [d for n in names for d in (n, f"{n}:{port}")]
-
-
-def http_ports(svc: Service) -> tuple[int, ...]:
-    return tuple(p.port for p in svc.ports if p.protocol in HTTP_PROTOCOLS)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -216,17 +134,16 @@ class RouteTable:
         gateway must name its servers' ports."""
         warnings: list[str] = []
         conflicts: dict[str, None] = {}
-        bound = select_virtual_services(virtual_services, client, registry.domain, warnings)
-        plan = _SidecarPlan(bound, registry) if client.is_sidecar else None
+        bound = select_virtual_services(virtual_services, client, registry, warnings)
         if ports is None:
-            if plan is None:
+            if not client.is_sidecar:
                 raise RouteCompileError(f"a routing table for gateways {list(client.gateways)} needs the "
                                         "ports its servers listen on")
-            ports = plan.ports()
+            ports = _sidecar_ports(bound, registry)
         compiled: dict[int, DomainIndex[VirtualHost]] = {}
         for port in sorted(set(ports)):
-            if plan is not None:
-                compiled[port] = plan.compile_port(port, client, warnings, conflicts)
+            if client.is_sidecar:
+                compiled[port] = _sidecar_port(bound, port, client, registry, warnings, conflicts)
             else:
                 compiled[port] = _gateway_port(bound, port, client, registry, warnings)
         return cls(client, compiled, tuple(dict.fromkeys(warnings)), tuple(conflicts))
@@ -341,87 +258,55 @@ def default_route(svc: Service, port: int) -> RouteDecision:
                          HttpMatchConfig(None, CATCH_ALL_PATH, (), (str(CATCH_ALL_PATH),)), ForwardAction(dest))
 
 
-class _SidecarPlan:
-    """What does not depend on the port: which services each VirtualService covers."""
+def _sidecar_ports(bound: list[BoundVirtualService], registry: ServiceRegistry) -> set[int]:
+    out = {p for s in registry.services for p in http_ports(s)}
+    if any(b.other_hosts and not any(http_ports(s) for s in b.services) for b in bound):
+        out.add(NON_REGISTRY_PORT)
+    return out
 
-    def __init__(self, bound: list[BoundVirtualService], registry: ServiceRegistry) -> None:
-        self.bound = bound
-        self.registry = registry
-        services = registry.services
-        exact_hosts = {h for b in bound for h in b.hosts if not h.startswith("*")}
-        owner: dict[str, tuple[str, str]] = {}  # pilot mostSpecificWildcardVsIndex
-        for b in bound:
-            for h in b.hosts:
-                if not h.startswith("*"):
-                    continue
-                for s in services:
-                    name = s.hostname.name
-                    if name in exact_hosts or not host_matches(h, name):
-                        continue
-                    if name not in owner or len(h) > len(owner[name][1]):
-                        owner[name] = (b.key, h)
-        self.covered: list[tuple[list[Service], list[str]]] = []
-        for b in bound:
-            found: list[Service] = []
-            others: list[str] = []
-            for h in b.hosts:
-                if not h.startswith("*"):
-                    if h in registry:
-                        found.append(registry.get(h))
-                    else:
-                        others.append(h)
-                    continue
-                matched = [s for s in services if host_matches(h, s.hostname.name)]
-                found += [s for s in matched if owner.get(s.hostname.name) == (b.key, h)]
-                if not matched:
-                    others.append(h)
-            self.covered.append((found, others))
 
-    def ports(self) -> set[int]:
-        out = {p for s in self.registry.services for p in http_ports(s)}
-        if any(others and not any(http_ports(s) for s in found) for found, others in self.covered):
-            out.add(NON_REGISTRY_PORT)
-        return out
-
-    def compile_port(self, port: int, client: ClientWorkload, warnings: list[str],
-                     conflicts: dict[str, None]) -> DomainIndex[VirtualHost]:
-        index: DomainIndex[VirtualHost] = DomainIndex()
-        domain = self.registry.domain
-        for b, (found, others) in zip(self.bound, self.covered):
-            if any(http_ports(s) for s in found):
-                on_port = [s for s in found if port in http_ports(s)]
-                if not on_port:
-                    continue
-            elif port != NON_REGISTRY_PORT or not others:
+def _sidecar_port(bound: list[BoundVirtualService], port: int, client: ClientWorkload, registry: ServiceRegistry,
+                  warnings: list[str], conflicts: dict[str, None]) -> DomainIndex[VirtualHost]:
+    """Sidecars: a virtual host per VirtualService (the first claim of a domain wins),
+    then the default route of every service left unclaimed on this port."""
+    index: DomainIndex[VirtualHost] = DomainIndex()
+    for b in bound:
+        if any(http_ports(s) for s in b.services):
+            on_port = [s for s in b.services if port in http_ports(s)]
+            if not on_port:
                 continue
-            else:
-                on_port = []
-            domains = [d for s in on_port for d in service_domains(s, port, client.namespace, domain)]
-            domains += [d for h in others for d in (h, f"{h}:{port}")]
-            name = f"{(on_port[0].hostname.name if on_port else others[0])}:{port}"
-            routes = translate_routes(b, port, name, client, self.registry, warnings)
-            if not routes:
-                continue
-            kept = [d for d in dict.fromkeys(domains) if d not in index]
-            for d in dict.fromkeys(domains):
-                if d in index and ":" not in d:
-                    other = index.get(d)
-                    owner = other.routes[0].source if other is not None and other.routes else "?"
-                    conflicts[f"{b.key}: host {d!r} is already routed by {owner}; the oldest VirtualService "
-                              "wins for sidecars (IST0109)"] = None
-            if kept:
-                vh = VirtualHost(name, tuple(kept), tuple(routes))
-                for d in kept:
-                    index.add(d, vh)
-        for s in self.registry.services:
-            if port not in http_ports(s):
-                continue
-            kept = [d for d in service_domains(s, port, client.namespace, domain) if d not in index]
-            if kept and s.hostname.name in kept:
-                vh = VirtualHost(f"{s.hostname.name}:{port}", tuple(kept), (default_route(s, port),))
-                for d in kept:
-                    index.add(d, vh)
-        return index
+        elif port != NON_REGISTRY_PORT or not b.other_hosts:
+            continue
+        else:
+            on_port = []
+        domains = [d for s in on_port for d in service_domains(s, port, client.namespace, registry.domain)]
+        domains += [d for h in b.other_hosts for d in (h, f"{h}:{port}")]
+        name = f"{(on_port[0].hostname.name if on_port else b.other_hosts[0])}:{port}"
+        routes = translate_routes(b, port, name, client, registry, warnings)
+        if not routes:
+            continue
+        kept = []
+        for d in dict.fromkeys(domains):
+            if d not in index:
+                kept.append(d)
+            elif ":" not in d:
+                other = index.get(d)
+                owner = other.routes[0].source if other is not None and other.routes else "?"
+                conflicts[f"{b.key}: host {d!r} is already routed by {owner}; for sidecars the oldest "
+                          "VirtualService wins (IST0109)"] = None
+        if kept:
+            vh = VirtualHost(name, tuple(kept), tuple(routes))
+            for d in kept:
+                index.add(d, vh)
+    for s in registry.services:
+        if port not in http_ports(s):
+            continue
+        kept = [d for d in service_domains(s, port, client.namespace, registry.domain) if d not in index]
+        if s.hostname.name in kept:  # a service some VirtualService covers gets no default
+            vh = VirtualHost(f"{s.hostname.name}:{port}", tuple(kept), (default_route(s, port),))
+            for d in kept:
+                index.add(d, vh)
+    return index
 
 
 def _gateway_port(bound: list[BoundVirtualService], port: int, client: ClientWorkload,

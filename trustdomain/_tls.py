@@ -174,9 +174,12 @@ class MtlsContexts:
         stream = trio.SSLStream(transport, self._server, server_side=True)
         return stream, await self._handshake(stream, PeerRole.CLIENT, self._server_established)
 
-    async def connect(self, transport: trio.abc.Stream) -> tuple[trio.SSLStream, PeerIdentity]:
-        """Client side: handshake on ``transport``, verify the server's SVID, or raise PeerRefused."""
-        stream = trio.SSLStream(transport, self._client, server_hostname=None)
+    async def connect(self, transport: trio.abc.Stream, server_name: str | None = None
+                      ) -> tuple[trio.SSLStream, PeerIdentity]:
+        """Client side: handshake on ``transport``, verify the server's SVID, or raise PeerRefused.
+        ``server_name`` is sent as SNI only (the identity check is the SPIFFE ID, never the name):
+        sidecars name the service port they want with ``outbound_.<port>_.<subset>_.<fqdn>``."""
+        stream = trio.SSLStream(transport, self._client, server_hostname=server_name)
         return stream, await self._handshake(stream, PeerRole.SERVER, self._client_established)
 
     async def _handshake(self, stream: trio.SSLStream, role: PeerRole,
