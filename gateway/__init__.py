@@ -23,11 +23,24 @@ from ._events import (ConnectionClosed, Data, EndOfMessage, Event, GoAway, Heade
                       LocalProtocolError, ProtocolError, RemoteProtocolError, Request, Response, Role, StreamReset)
 from ._http1 import NEED_DATA, PAUSED, Http1Connection, Pending  # noqa: E402
 from ._http1_state import Http1State  # noqa: E402
+from ._http2 import Http2Connection  # noqa: E402
 from ._limits import DEFAULT_LIMITS, HttpLimits  # noqa: E402
-__all__ += ["ConnectionClosed", "DEFAULT_LIMITS", "Data", "EndOfMessage", "Event", "GoAway", "Headers", "Http1Connection", "Http1State", "HttpLimits", "InformationalResponse", "LocalProtocolError", "NEED_DATA", "PAUSED", "Pending", "ProtocolError", "RemoteProtocolError", "Request", "Response", "Role", "StreamReset"]  # noqa: E501
+__all__ += ["ConnectionClosed", "DEFAULT_LIMITS", "Data", "EndOfMessage", "Event", "GoAway", "Headers", "Http1Connection", "Http1State", "Http2Connection", "HttpLimits", "InformationalResponse", "LocalProtocolError", "NEED_DATA", "PAUSED", "Pending", "ProtocolError", "RemoteProtocolError", "Request", "Response", "Role", "StreamReset"]  # noqa: E501
 from ._authz import DENIED_BODY, DENIED_STATUS, Authorizer, AuthzDecision, AuthzRequest  # noqa: E402
 from ._peerauth import MtlsDecision, PeerAuthConfig  # noqa: E402
 from ._xfcc import XFCC_HEADER, PeerCertificate, XfccConfig  # noqa: E402
 __all__ += ["Authorizer", "AuthzDecision", "AuthzRequest", "DENIED_BODY", "DENIED_STATUS", "MtlsDecision", "PeerAuthConfig", "PeerCertificate", "XFCC_HEADER", "XfccConfig"]  # noqa: E501
-from ._http2 import Http2Connection  # noqa: E402
-__all__ += ["Http2Connection"]
+from ._accesslog import AccessLog, AccessLogEntry  # noqa: E402
+from ._metrics import BUCKETS, CONTENT_TYPE, HttpSeries, ProxyMetrics, TcpSeries  # noqa: E402
+from ._metrics_labels import RequestLabels, Reporter, Service, Workload  # noqa: E402
+from ._otlp import ExporterConfigError, OtlpExporter, encode_spans  # noqa: E402
+from ._proxy_stats import PROXY_METRICS, MetricDef, Stat, StatFamily, TlsRefusal  # noqa: E402
+from ._tracing import Hop, Span, SpanKind, SpanSink, TraceContext, Tracer  # noqa: E402
+__all__ += ["AccessLog", "AccessLogEntry", "BUCKETS", "CONTENT_TYPE", "ExporterConfigError", "Hop", "HttpSeries", "MetricDef", "OtlpExporter", "PROXY_METRICS", "ProxyMetrics", "Reporter", "RequestLabels", "Service", "Span", "SpanKind", "SpanSink", "Stat", "StatFamily", "TcpSeries", "TlsRefusal", "TraceContext", "Tracer", "Workload", "encode_spans"]  # noqa: E501
+from ._actions import DestinationConfig, DirectResponseAction, ForwardAction, HeaderOps, RedirectAction, RewriteConfig, WeightedDestinations  # noqa: E402,E501
+from ._cors import CorsConfig, CorsDecision  # noqa: E402
+from ._match import HttpMatchConfig, MatchCompileError, RouteRequest, StringMatcher  # noqa: E402
+from ._routing import RouteCompileError, RouteDecision, RouteTable, VirtualHost  # noqa: E402
+from ._tcproutes import ConnectionInfo, L4RouteDecision, TcpRouteTable  # noqa: E402
+from ._vsselect import ClientWorkload  # noqa: E402
+__all__ += ["ClientWorkload", "ConnectionInfo", "CorsConfig", "CorsDecision", "DestinationConfig", "DirectResponseAction", "ForwardAction", "HeaderOps", "HttpMatchConfig", "L4RouteDecision", "MatchCompileError", "RedirectAction", "RewriteConfig", "RouteCompileError", "RouteDecision", "RouteRequest", "RouteTable", "StringMatcher", "TcpRouteTable", "VirtualHost", "WeightedDestinations"]  # noqa: E501

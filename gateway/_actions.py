@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 from topology._hostname import DEFAULT_DOMAIN, canonical
 from topology._http_actions import HeaderOperations, Headers, HTTPDirectResponse, HTTPRedirect, HTTPRewrite
+from topology._http_route import HTTPRouteDestination
 from topology._istio_types import Destination
 
 from ._match import RouteRequest, compile_regex
@@ -300,7 +301,7 @@ class ForwardAction:
         return self.destinations.pick(rng)
 
 
-def compile_forward(route: Iterable, namespace: str, listen_port: int | None,
+def compile_forward(route: Iterable[HTTPRouteDestination], namespace: str, listen_port: int | None,
                     registry: ServiceRegistry | None, rule_headers: Headers | None,
                     rewrite: HTTPRewrite | None, matched_length: int | None) -> ForwardAction | None:
     """``route`` is the rule's ``HTTPRouteDestination`` list; None when it is empty."""

@@ -54,12 +54,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from topology import Check, Decoder, Diagnostic, LoadResult, Resource, opt
+from topology import Check, Decoder, Diagnostic, Duration, LoadResult, Resource, opt
 from topology._endpoint import Endpoint, Labels, Locality, Service, ServicePort
 from topology._hostname import Hostname
 from topology._loader import _load_document
 from topology._registry import RegistryBuilder, ServiceRegistry
 from topology._yaml import Document, LineList, load_documents
+
+from ._limits import HttpLimits
 
 API_VERSION = "meshfed.io/v1alpha1"
 KIND = "ProxyConfig"
@@ -222,6 +224,25 @@ class TelemetrySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """Pooled upstream connections (to other sidecars and to the local app)."""
+
+    max_idle_per_key: int = 64
+    """Idle connections kept per (address, port, SNI, ALPN); more are closed. Defaults to 64."""
+    idle_timeout: Duration = Duration.of_seconds(60)
+    """Close a pooled connection unused this long, unless a DestinationRule sets
+    ``connectionPool.http.idleTimeout`` for its cluster. Defaults to 60s (shorter than
+    the 1h downstream idle timeout of the sidecar at the other end, so that end never
+    closes a connection this pool still counts on)."""
+    connect_timeout: Duration = Duration.of_seconds(10)
+    """Opening a connection to the local app. Defaults to 10s (Istio's connectTimeout)."""
+
+    def _check(self, c: Check) -> None:
+        if self.max_idle_per_key < 0:
+            c.error("maxIdlePerKey", f"must not be negative; found {self.max_idle_per_key}")
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfigSpec:
     node: NodeSpec = opt(required=True)
     version: str = "0"
@@ -232,6 +253,9 @@ class ProxyConfigSpec:
     resources: Any = None
     """Istio resources inline; decoded by topology's loader (same messages as ``fedctl validate``)."""
     telemetry: TelemetrySpec = opt(factory=TelemetrySpec)
+    limits: HttpLimits = opt(factory=HttpLimits)
+    """Header sizes, timeouts and HTTP/2 protections of every listener; Envoy's defaults."""
+    pool: PoolSpec = opt(factory=PoolSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +266,8 @@ class ProxyConfig:
     resources: tuple[Resource, ...]
     registry: ServiceRegistry
     file: str
+    lines: dict[str, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    """Line of every field path of the document, for diagnostics found after decoding."""
 
     @property
     def version(self) -> str:
@@ -288,7 +314,8 @@ def load_proxy_config_text(text: str, file: str = "<config>") -> tuple[ProxyConf
         registry = _registry(spec)
     except (ValueError, Exception) as exc:  # topology's RegistryError subclasses carry the reason
         return None, [Diagnostic(file, dec.line_of("spec.services"), "spec.services", str(exc))]
-    return ProxyConfig(spec, tuple(inline.resources), registry, file), dec.diagnostics + inline.diagnostics
+    return (ProxyConfig(spec, tuple(inline.resources), registry, file, dict(dec.lines)),
+            dec.diagnostics + inline.diagnostics)
 
 
 def load_proxy_config(path: str) -> tuple[ProxyConfig | None, list[Diagnostic]]:

@@ -18,6 +18,8 @@ CLIENT, SERVER = Role.CLIENT, Role.SERVER
 
 
 class Http1State(enum.Enum):
+    """One side's place in the request/response cycle."""
+
     __hash__ = object.__hash__  # members are singletons; Enum hashes the name in Python
 
     IDLE = "IDLE"

@@ -6,15 +6,14 @@ that the peer's window cannot take yet (``available`` and ``buffered`` are the
 backpressure signals), and hands received-data credit back only when the caller says it
 consumed the bytes (``ack_data``), so a slow reader bounds what a fast peer can push.
 
-Before h2 sees received bytes, ``_FrameGuard`` walks their 9-byte frame headers and
-counts what the known floods are made of - the rate of streams reset soon after opening
-(rapid reset, CVE-2023-44487), CONTINUATION frames and header-block bytes (CVE-2024-27316),
-empty frames, PRIORITY and WINDOW_UPDATE frames, PINGs and SETTINGS we must answer -
-against ``HttpLimits`` (Envoy's knobs and defaults). Over a bound, the connection ends with
-GOAWAY ENHANCE_YOUR_CALM and the chunk is never parsed. What h2 already enforces is left
-to it: the HPACK bomb (its decoder's ``max_header_list_size``, set here to
-``max_header_bytes``), SETTINGS_MAX_CONCURRENT_STREAMS (a stream over it is a connection
-error), frame sizes and window overflow (FLOW_CONTROL_ERROR).
+Before h2 sees received bytes, ``_http2_guard.FrameGuard`` counts the flood ingredients
+in their frame headers (rapid reset, CONTINUATION, empty, PRIORITY, WINDOW_UPDATE, PING and
+SETTINGS floods); over a bound the connection ends with GOAWAY ENHANCE_YOUR_CALM and the
+chunk is never parsed. What h2 already enforces is left to it: the HPACK bomb (its
+decoder's ``max_header_list_size``, set here to ``max_header_bytes``), the concurrent
+stream limit (a stream over SETTINGS_MAX_CONCURRENT_STREAMS is a connection error), frame
+sizes and window overflow (FLOW_CONTROL_ERROR). A head with more than ``max_headers``
+fields resets its stream only, as Envoy does.
 """
 
 from __future__ import annotations
@@ -34,153 +33,12 @@ from h2.settings import Settings, SettingCodes
 from ._events import (CONNECTION_CLOSED, Event, GoAway, Headers, InformationalResponse, LocalProtocolError,
                       RemoteProtocolError, Request, Response, Role, StreamReset, _new_data, _new_end,
                       _new_informational, _new_request, _new_response)
+from ._http2_guard import FrameGuard
 from ._limits import DEFAULT_LIMITS, HttpLimits
 
-# Connection-specific fields must not appear in HTTP/2 (RFC 9113 8.2.2); dropped on send.
-_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"})
-_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PING, _WINDOW_UPDATE, _CONTINUATION = 0, 1, 2, 3, 4, 6, 8, 9
-_END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
-PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-class _FrameGuard:
-    """Counts flood ingredients in frame headers; ``scan`` returns a violation message or None."""
-
-    def __init__(self, limits: HttpLimits, clock: Callable[[], float], server: bool) -> None:
-        self._limits = limits
-        self._clock = clock
-        self._server = server
-        self._preface = PREFACE_LENGTH if server else 0
-        self._partial = b""      # a frame header split across reads
-        self._skip = 0           # payload bytes of the current frame not yet seen
-        self._block: int | None = None  # bytes of the header block being received, None outside one
-        self._continuations = 0
-        self._empty = 0
-        self._highest = 0
-        self._lifetime = limits.premature_reset_lifetime.seconds
-        self._window = limits.rapid_reset_window.seconds
-        self._young: dict[int, float] = {}  # peer-opened stream -> when, while younger than lifetime
-        self._resets: deque[float] = deque()
-        self.opened = 0          # streams opened in either direction
-        self.priority = 0
-        self.window_updates = 0
-        self.data_frames_sent = 0
-        self.control_acks = 0    # PING/SETTINGS answers queued since our bytes were last collected
-
-    def scan(self, data: bytes) -> str | None:
-        pos, end = 0, len(data)
-        if self._preface:
-            pos = min(self._preface, end)
-            self._preface -= pos
-        if self._skip:
-            step = min(self._skip, end - pos)
-            pos += step
-            self._skip -= step
-        if self._partial and pos < end:
-            need = 9 - len(self._partial)
-            head = self._partial + data[pos:pos + need]
-            pos += need
-            if len(head) < 9:
-                self._partial = head
-                return None
-            self._partial = b""
-            problem = self._frame(head, 0)
-            if problem:
-                return problem
-            step = min(self._skip, end - pos)
-            pos += step
-            self._skip -= step
-        while pos + 9 <= end:
-            problem = self._frame(data, pos)
-            if problem:
-                return problem
-            pos += 9
-            step = min(self._skip, end - pos)
-            pos += step
-            self._skip -= step
-        if pos < end:
-            self._partial = data[pos:]
-        return None
-
-    def _frame(self, data: bytes, at: int) -> str | None:
-        length = int.from_bytes(data[at:at + 3], "big")
-        kind, flags = data[at + 3], data[at + 4]
-        stream = int.from_bytes(data[at + 5:at + 9], "big") & 0x7FFFFFFF
-        self._skip = length
-        limits = self._limits
-        if kind == _DATA or kind == _HEADERS or kind == _CONTINUATION:
-            if length == 0 and not flags & _END_STREAM and not (kind == _CONTINUATION and flags & _END_HEADERS):
-                self._empty += 1
-                if self._empty > limits.max_consecutive_inbound_frames_with_empty_payload:
-                    return (f"more than {limits.max_consecutive_inbound_frames_with_empty_payload} consecutive "
-                            f"empty frames without END_STREAM")
-            else:
-                self._empty = 0
-        if kind == _HEADERS:
-            if stream > self._highest and (stream & 1) == self._server:
-                self._highest = stream
-                self.opened += 1
-                if self._server:
-                    self._note_open(stream)
-            if not flags & _END_HEADERS:
-                self._block, self._continuations = length, 0
-            elif length > limits.max_header_bytes:
-                return f"header block of {length} bytes exceeds {limits.max_header_bytes}"
-        elif kind == _CONTINUATION and self._block is not None:
-            self._block += length
-            self._continuations += 1
-            if self._continuations > limits.max_continuation_frames:
-                return f"more than {limits.max_continuation_frames} CONTINUATION frames in one header block"
-            if self._block > limits.max_header_bytes:
-                return f"header block of {self._block} bytes exceeds {limits.max_header_bytes}"
-            if flags & _END_HEADERS:
-                self._block = None
-        elif kind == _RST_STREAM and self._server:
-            return self._note_reset(stream)
-        elif kind == _PRIORITY:
-            self.priority += 1
-            allowed = limits.max_inbound_priority_frames_per_stream * (1 + self.opened)
-            if self.priority > allowed:
-                return f"{self.priority} PRIORITY frames for {self.opened} streams exceed {allowed}"
-        elif kind == _WINDOW_UPDATE:
-            self.window_updates += 1
-            # Envoy's bound: 5 + 2 * (opened_streams + per_data_frame * outbound_data_frames).
-            allowed = 5 + 2 * (self.opened + limits.max_inbound_window_update_frames_per_data_frame_sent
-                               * self.data_frames_sent)
-            if self.window_updates > allowed:
-                return (f"{self.window_updates} WINDOW_UPDATE frames for {self.data_frames_sent} DATA frames "
-                        f"sent exceed {allowed}")
-        elif (kind == _PING or kind == _SETTINGS) and not flags & _ACK:
-            self.control_acks += 1
-            if self.control_acks > limits.max_outbound_control_frames:
-                return f"more than {limits.max_outbound_control_frames} PING/SETTINGS frames awaiting answers"
-        return None
-
-    def _note_open(self, stream: int) -> None:
-        now = self._clock()
-        young = self._young
-        while young:  # insertion order is age order: drop what has outgrown "premature"
-            oldest = next(iter(young))
-            if now - young[oldest] < self._lifetime:
-                break
-            del young[oldest]
-        young[stream] = now
-
-    def _note_reset(self, stream: int) -> str | None:
-        opened = self._young.pop(stream, None)
-        if opened is None:
-            return None
-        now = self._clock()
-        if now - opened >= self._lifetime:
-            return None
-        resets = self._resets
-        resets.append(now)
-        while resets and now - resets[0] >= self._window:
-            resets.popleft()
-        if len(resets) > self._limits.max_rapid_resets:
-            return (f"{len(resets)} streams reset within {self._lifetime:g}s of opening in the last "
-                    f"{self._window:g}s exceed {self._limits.max_rapid_resets} (rapid reset)")
-        return None
+# Connection-specific fields must not appear in HTTP/2 (RFC 9113 8.2.2), and host travels
+# as :authority: all are dropped from what is sent.
+_NOT_SENT = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"})
 
 
 class _Outgoing:
@@ -222,7 +80,7 @@ class Http2Connection:
         if extra > 0:
             conn.increment_flow_control_window(extra)
         self._conn = conn
-        self._guard = _FrameGuard(limits, clock, self._server)
+        self._guard = FrameGuard(limits, clock, self._server)
         self._events: list[Event] = []
         self._out: dict[int, _Outgoing] = {}
         self._trailers_ended: set[int] = set()
@@ -246,6 +104,8 @@ class Http2Connection:
             return
         if self._closed:
             return
+        if type(data) is not bytes:
+            data = bytes(data)
         problem = self._guard.scan(data)
         if problem is not None:
             self._closed = True
@@ -348,7 +208,7 @@ class Http2Connection:
             if stream_id is None:
                 raise LocalProtocolError("an HTTP/2 response needs the stream_id of its request")
             fields = [(b":status", b"%d" % event.status)]
-            fields += [(n.lower(), v) for n, v in event.headers if n.lower() not in _HOP_BY_HOP]
+            fields += [(n.lower(), v) for n, v in event.headers if n.lower() not in _NOT_SENT]
         self._call(conn.send_headers, stream_id, fields, end_stream=end_stream)
         return stream_id
 
@@ -361,7 +221,7 @@ class Http2Connection:
                 authority = value
             elif lname == b"te" and value.lower() != b"trailers":
                 continue
-            elif lname not in _HOP_BY_HOP:
+            elif lname not in _NOT_SENT:
                 regular.append((lname, value))
         target, scheme = event.target, self._scheme
         if event.method == b"CONNECT":

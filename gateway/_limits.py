@@ -19,20 +19,26 @@ KIB = 1024
 
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
+    """Limits of one HTTP connection, for both codecs and the loop around them."""
+
     # --- both protocols -------------------------------------------------------------------
     max_header_bytes: int = 60 * KIB
-    """Bytes of one header section (names + values, request target included; trailers count
-    separately against the same bound). Over it: 431 on HTTP/1.1, GOAWAY on HTTP/2 (HPACK
-    bomb). Envoy ``max_request_headers_kb``; defaults to 60 KiB."""
+    """Bytes of one header section: names + values (on HTTP/2 HPACK's decoded size, pseudo-
+    headers and 32 bytes a field included); trailers count apart against the same bound.
+    Over it: 431 on HTTP/1.1, GOAWAY on HTTP/2 (the HPACK bomb bound). Envoy
+    ``max_request_headers_kb``; defaults to 60 KiB."""
     max_headers: int = 100
     """Header fields in one section. Over it: 431 on HTTP/1.1, stream reset on HTTP/2.
     Envoy ``max_headers_count``; defaults to 100."""
     max_target_bytes: int = 60 * KIB
-    """Bytes of the request target (URL). Over it: 414. Envoy has no separate limit (the
-    path counts toward ``max_request_headers_kb``); defaults to the same 60 KiB."""
+    """Bytes of the HTTP/1.1 request target (URL). Over it: 414. Envoy has no separate limit
+    (the path counts toward ``max_request_headers_kb``, as ``:path`` does here on HTTP/2);
+    defaults to the same 60 KiB."""
     max_body_bytes: int | None = None
-    """Bytes of one message body. Over it: 413. Envoy streams bodies without a bound unless a
-    buffering filter sets ``max_request_bytes``; defaults to None (unbounded, streamed)."""
+    """Bytes of one HTTP/1.1 message body. Over it: 413. On HTTP/2 the codec bounds only what
+    is unacknowledged (the stream window); the proxy counts Data per stream. Envoy streams
+    bodies without a bound unless a buffering filter sets ``max_request_bytes``; defaults to
+    None (unbounded, streamed)."""
 
     # --- timeouts (enforced by the connection loops) ---------------------------------------
     request_headers_timeout: Duration | None = None

@@ -112,7 +112,6 @@ def regex_fullmatch(pattern: str) -> Callable[[str], bool]:
     a yes/no test calls the RE2 object underneath on UTF-8 bytes (~1 us), after a
     literal-prefix check that settles most non-matching input in ~0.1 us.
     """
-    rx = compile_regex(pattern)
     low = getattr(compile_regex(pattern, _RE2_TEST_OPTIONS), "_regexp", None)
     anchor = getattr(getattr(getattr(re2, "_re2", None), "RE2", None), "Anchor", None)
     if low is not None and anchor is not None:
@@ -122,6 +121,8 @@ def regex_fullmatch(pattern: str) -> Callable[[str], bool]:
             b = s.encode("utf-8", "surrogatepass")
             return match(both, b, 0, len(b))[0][0] >= 0
     else:  # pragma: no cover - another google-re2 layout
+        rx = compile_regex(pattern)
+
         def test(s: str) -> bool:
             return rx.fullmatch(s) is not None
     prefix = literal_prefix(pattern)
@@ -278,14 +279,19 @@ def header_condition(name: str, sm: StringMatch | None, *, invert: bool = False)
         if invert:
             return (lambda r: name not in r.headers), what
         return (lambda r: name in r.headers), what
+    if m.kind == "exact":  # the common case, without a call to the matcher
+        value = m.value
+        if invert:
+            return (lambda r: r.headers.get(name, "") != value), what
+        return (lambda r: r.headers.get(name) == value), what
     test = m.test
     if invert:
         # Istio sets treat_missing_header_as_empty on inverted string matchers.
         return (lambda r: not test(r.headers.get(name, ""))), what
 
-    def cond(r: RouteRequest) -> bool:
+    def cond(r: RouteRequest) -> object:
         v = r.headers.get(name)
-        return v is not None and bool(test(v))
+        return v is not None and test(v)
     return cond, what
 
 
@@ -297,9 +303,9 @@ def query_condition(name: str, sm: StringMatch | None) -> tuple[Condition, str]:
         return (lambda r: name in r.query_params), what
     test = m.test
 
-    def cond(r: RouteRequest) -> bool:
+    def cond(r: RouteRequest) -> object:
         v = r.query_params.get(name)
-        return v is not None and bool(test(v))
+        return v is not None and test(v)
     return cond, what
 
 
@@ -364,6 +370,11 @@ class HttpMatchConfig:
     conditions: tuple[Condition, ...] = field(repr=False, compare=False)
     """Closures in evaluation order: path first (cheapest and most selective)."""
     descriptions: tuple[str, ...] = ()
+    test: Condition | None = field(init=False, repr=False, compare=False)
+    """All conditions fused into one call; None for a catch-all."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", fuse(self.conditions))
 
     @classmethod
     def compile(cls, m: HTTPMatchRequest | None, *,
@@ -400,10 +411,28 @@ class HttpMatchConfig:
         return not self.conditions
 
     def matches(self, req: RouteRequest) -> bool:
-        for c in self.conditions:
-            if not c(req):
-                return False
-        return True
+        return self.test is None or bool(self.test(req))
 
     def __str__(self) -> str:
         return " and ".join(self.descriptions)
+
+
+def fuse(conds: tuple[Condition, ...]) -> Condition | None:
+    """One callable for a conjunction: a route costs one call, not a loop, to reject."""
+    if not conds:
+        return None
+    if len(conds) == 1:
+        return conds[0]
+    if len(conds) == 2:
+        a, b = conds
+        return lambda r: a(r) and b(r)
+    if len(conds) == 3:
+        a, b, c = conds
+        return lambda r: a(r) and b(r) and c(r)
+
+    def all_of(r: RouteRequest) -> bool:
+        for c in conds:
+            if not c(r):
+                return False
+        return True
+    return all_of

@@ -31,13 +31,14 @@ is keyed by destination port, then by domain:
 
 ``route(req)`` reads: a dict lookup for the port, one for the domain (then the port-less
 host, then wildcards longest suffix first, then ``*``), then the first entry whose
-conditions all hold. The entry found is returned as is - no allocation per request.
+conditions all hold (fused into one call per route). The entry found is returned as
+is - no allocation per request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from topology._endpoint import Service
 from topology._http_route import HTTPMatchRequest, HTTPRoute
@@ -55,6 +56,12 @@ from ._vsselect import (
     BoundVirtualService, ClientWorkload, DomainIndex, http_ports, resolve_gateway, select_virtual_services,
     service_domains,
 )
+
+if TYPE_CHECKING:
+    from topology._duration import Duration
+    from topology._http_actions import HTTPMirrorPolicy
+    from topology._http_policy import HTTPFaultInjection, HTTPRetry
+    from topology._istio_types import Destination
 
 NON_REGISTRY_PORT = 80
 """Port on which VirtualService hosts outside the registry are routed (pilot route.go)."""
@@ -82,22 +89,33 @@ class RouteDecision:
     spec: HTTPRoute | None = field(default=None, repr=False)
     """The rule (delegates merged in): ``timeout``, ``retries``, ``fault``, ``mirror*``
     are read from it by the resilience layer."""
-    conditions: tuple = field(default=(), repr=False)
+    test: object = field(default=None, init=False, repr=False)
+    """``match.test``, held here to save an attribute lookup per route tried."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "conditions", self.match.conditions)
+        object.__setattr__(self, "test", self.match.test)
 
     @property
-    def timeout(self):  # noqa: ANN201 - Duration | None
+    def timeout(self) -> Duration | None:
         return self.spec.timeout if self.spec is not None else None
 
     @property
-    def retries(self):  # noqa: ANN201 - HTTPRetry | None: Istio's default policy applies
+    def retries(self) -> HTTPRetry | None:
+        """None: Istio's mesh-wide default retry policy applies."""
         return self.spec.retries if self.spec is not None else None
 
     @property
-    def fault(self):  # noqa: ANN201 - HTTPFaultInjection | None
+    def fault(self) -> HTTPFaultInjection | None:
         return self.spec.fault if self.spec is not None else None
+
+    @property
+    def mirror(self) -> Destination | None:
+        """With ``spec.mirror_percentage``/``mirror_percent``; short hosts resolve in ``namespace``."""
+        return self.spec.mirror if self.spec is not None else None
+
+    @property
+    def mirrors(self) -> tuple[HTTPMirrorPolicy, ...]:
+        return self.spec.mirrors if self.spec is not None else ()
 
     def __repr__(self) -> str:
         return f"<RouteDecision {self.virtual_host} {self.name or '-'} from {self.source or 'default'}: " \
@@ -158,10 +176,8 @@ class RouteTable:
         if vh is None:
             return None
         for entry in vh.routes:
-            for cond in entry.conditions:
-                if not cond(req):
-                    break
-            else:
+            test = entry.test
+            if test is None or test(req):
                 return entry
         return None
 
@@ -260,7 +276,7 @@ def default_route(svc: Service, port: int) -> RouteDecision:
 
 def _sidecar_ports(bound: list[BoundVirtualService], registry: ServiceRegistry) -> set[int]:
     out = {p for s in registry.services for p in http_ports(s)}
-    if any(b.other_hosts and not any(http_ports(s) for s in b.services) for b in bound):
+    if any(b.http and b.other_hosts and not any(http_ports(s) for s in b.services) for b in bound):
         out.add(NON_REGISTRY_PORT)
     return out
 

@@ -29,8 +29,9 @@ from topology._virtualservice import L4MatchAttributes, RouteDestination, TLSMat
 
 from ._actions import DestinationConfig, WeightedDestinations, resolve_destination, weighted
 from ._match import EMPTY_MAP
-from ._vsselect import BoundVirtualService, ClientWorkload, DomainIndex, resolve_gateway, select_virtual_services, \
-    service_names
+from ._vsselect import (
+    BoundVirtualService, ClientWorkload, DomainIndex, resolve_gateway, select_virtual_services, service_names,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +200,11 @@ class TcpRouteTable:
                 for h in b.other_hosts:
                     index.add(h, host)
             for s in registry.services:
-                for d in service_names(s, client.namespace, registry.domain):
-                    if d not in index:
-                        index.add(d, L4Host(s.hostname.name, default=_default(s.hostname.name, "")))
+                names = [d for d in service_names(s, client.namespace, registry.domain) if d not in index]
+                if s.hostname.name in names:  # a service some VirtualService covers gets no default
+                    plain = L4Host(s.hostname.name, default=_default(s.hostname.name, ""))
+                    for d in names:
+                        index.add(d, plain)
         else:
             merged: dict[str, tuple[list[L4RouteDecision], list[L4RouteDecision]]] = {}
             for b in bound:

@@ -495,6 +495,27 @@ def test_every_state_and_event_pair_follows_the_table_or_lands_in_error(role: Ro
         assert (states.client if role is CLIENT else states.server) is expected
 
 
+@pytest.mark.parametrize("client, server", sorted(JOINT_MOVES, key=lambda k: (k[0].name, k[1].name)))
+def test_a_side_that_closed_or_broke_stops_the_other_from_starting_a_cycle(client: S, server: S) -> None:
+    states = ConnectionState()
+    states.client, states.server = client, server
+    if client is S.ERROR or server is S.ERROR:
+        states.fail(CLIENT if client is S.ERROR else SERVER)
+    else:
+        states.process(CLIENT if client is S.CLOSED else SERVER, ConnectionClosed)
+    role, state = JOINT_MOVES[(client, server)]
+    assert (states.client if role is CLIENT else states.server) is state
+
+
+def test_send_failed_leaves_our_side_in_error() -> None:
+    conn = Http1Connection(CLIENT)
+    conn.send(Request(b"GET", b"/", HOST))
+    conn.send_failed()
+    assert conn.our_state is S.ERROR
+    with pytest.raises(LocalProtocolError, match="^we cannot send EndOfMessage while the client is in state ERROR$"):
+        conn.send(EOM)
+
+
 @pytest.mark.parametrize("proposal, kind", [(Switch.UPGRADE, InformationalResponse), (Switch.CONNECT, Response)])
 def test_switch_is_accepted_only_once_the_client_finished_its_request(proposal: Switch, kind: type) -> None:
     states = ConnectionState()

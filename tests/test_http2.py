@@ -119,6 +119,20 @@ def test_absolute_form_and_connect_targets_become_pseudo_headers() -> None:
                    Request(b"CONNECT", b"db.data:5432", [(b"host", b"db.data:5432")], b"2", b)]
 
 
+def test_bytes_arriving_one_at_a_time_parse_the_same() -> None:
+    client, server = Http2Connection(CLIENT), Http2Connection(SERVER)
+    sid = client.send_headers(Request(b"POST", b"/demo.Greeter/SayHello", GRPC))
+    client.send_data(sid, b"x" * 3000)
+    client.send_trailers(sid, [(b"x-checksum", b"1")])
+    wire = client.data_to_send()
+    for i in range(len(wire)):
+        server.receive_data(wire[i:i + 1])
+    events = server.events()
+    assert events[0] == Request(b"POST", b"/demo.Greeter/SayHello", GRPC, b"2", sid)
+    assert b"".join(e.data for e in events if isinstance(e, Data)) == b"x" * 3000
+    assert events[-1] == EndOfMessage([(b"x-checksum", b"1")], sid)
+
+
 def test_connection_specific_headers_are_dropped_on_send() -> None:
     p = Pair()
     sid = p.client.send_headers(Request(b"GET", b"/", [

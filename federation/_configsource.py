@@ -1,0 +1,331 @@
+"""The config source: a watched directory of mesh YAML, compiled into immutable versions.
+
+Theory of operation. ``poll()`` walks the directory (the embedded default store: no
+etcd, no Kubernetes API), stats every YAML file and compares (mtime, size) with what it
+saw last. Nothing changed: nothing to do. Otherwise the changed files are read, and a
+file whose bytes hash as before is taken from the per-file cache, so one edited file in
+a tree of a thousand costs one file's decode. The whole set is then validated the way
+``fedctl validate`` does (decode errors, ``topology._analyze.analyze``) and compiled
+(placements and the service registry). Any error refuses the change: the previous
+``ConfigVersion`` stays in force and the refusal (its ``file:line: path: message``
+lines and when) is kept for ``fedctl status``. A fixed file, or the bad one removed,
+yields the next version.
+
+Compiling is what a 10,000-endpoint topology pays for, so the registry and placements
+are rebuilt only when a resource they depend on changed (Mesh, Kubernetes Services and
+workloads, ServiceEntry, WorkloadEntry): an edited VirtualService reuses them. And
+``analyze`` (which builds a registry of its own) runs after the version is accepted,
+off the push path: its findings are warnings, and its one error ("cannot place the
+workloads") is raised by our own registry build first, so deferring it never turns a
+refusal into an acceptance. Its warnings appear in ``status()`` once computed.
+
+A ``ConfigVersion`` is immutable and numbered 1, 2, 3... in the order accepted; a
+change whose content equals the version in force (a file touched or rewritten with the
+same bytes) makes no new version. ``changed_at`` is when the change was made, as far
+as the source can tell: the earliest modification time among the changed files, but
+never before the previous poll that saw the tree unchanged (a file copied with its old
+mtime is "changed" when it appeared). Push latency is measured from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import trio
+
+from topology import Diagnostic, LoadResult, Placement, RegistryError, Resource, ServiceRegistry
+from topology import build_registry, placements
+from topology._analyze import analyze
+from topology._loader import _load_document, iter_yaml_files
+from topology._mesh import Mesh
+from topology._registry_build import find_mesh
+from topology._yaml import load_documents
+
+log = logging.getLogger("meshfed.federation.config")
+
+DEFAULT_POLL_INTERVAL = 0.2
+"""Seconds between two walks of the directory."""
+MAX_REFUSALS_KEPT = 16
+REGISTRY_KINDS = frozenset({"Mesh", "Service", "Deployment", "StatefulSet", "ServiceEntry", "WorkloadEntry"})
+"""Kinds ``build_registry`` and ``placements`` read: a change elsewhere reuses the registry."""
+
+Check = Callable[[LoadResult, Mesh | None], list[Diagnostic]]
+"""An extra validation a caller adds (the control plane checks its own cluster is there)."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    mtime_ns: int
+    size: int
+    digest: str
+    result: LoadResult
+    raw: dict[int, Any]
+    """Document or List item line -> its raw mapping, for the proxies' inline resources."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigVersion:
+    """One accepted config: what every proxy document of this version is computed from."""
+
+    number: int
+    resources: tuple[Resource, ...]
+    registry: ServiceRegistry
+    """The whole topology's registry (every cluster's endpoints)."""
+    mesh: Mesh | None
+    placements: tuple[Placement, ...]
+    files: Mapping[str, str]
+    """Path -> sha256 of its bytes: the content this version was built from."""
+    raw: Mapping[tuple[str, int], Any] = field(repr=False)
+    """(file, line) of a resource -> its mapping as written, to embed in proxy documents."""
+    created_at: dt.datetime = field(default_factory=_utcnow)
+    changed_at: dt.datetime = field(default_factory=_utcnow)
+
+    def raw_of(self, res: Resource) -> Any:
+        return self.raw.get((res.file, res.line))
+
+    def __repr__(self) -> str:
+        return (f"<ConfigVersion {self.number}: {len(self.resources)} resources, {len(self.files)} files, "
+                f"{self.registry!r}>")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRefusal:
+    """A change that was not applied, and why."""
+
+    at: dt.datetime
+    messages: tuple[str, ...]
+    """``file:line: path: message``, errors only."""
+    files: tuple[str, ...]
+    """The files that changed."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "messages": list(self.messages), "files": list(self.files)}
+
+
+class ConfigSource:
+    """Watches ``directory``; ``current`` is the version in force, ``refusal`` the last refused change."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, interval: float = DEFAULT_POLL_INTERVAL,
+                 clock: Callable[[], dt.datetime] = _utcnow, kube_cluster: str | None = None,
+                 checks: tuple[Check, ...] = (), first_version: int = 1, in_thread: bool = True) -> None:
+        self.directory = Path(directory)
+        self.interval = interval
+        self.clock = clock
+        self.kube_cluster = kube_cluster
+        self.checks = checks
+        self.in_thread = in_thread
+        self.current: ConfigVersion | None = None
+        self.refusal: ConfigRefusal | None = None
+        """The last refused change, cleared when a later change is accepted."""
+        self.refusals: list[ConfigRefusal] = []
+        self.refused_total = 0
+        self._next = first_version
+        self._files: dict[str, _FileState] = {}
+        self._stamps: dict[str, tuple[int, int]] | None = None
+        self._last_quiet = self.clock()
+        self._listeners: list[Callable[[ConfigVersion], None]] = []
+        self._refusal_listeners: list[Callable[[ConfigRefusal], None]] = []
+        self._registry_cache: tuple[tuple[Resource, ...], Any] | None = None
+        self._pending_analysis: tuple[ConfigVersion, LoadResult] | None = None
+        self.warnings: tuple[int, tuple[str, ...]] = (0, ())
+        """(version number, analyze's warnings for it)."""
+
+    def __repr__(self) -> str:
+        state = f"version {self.current.number}" if self.current else "no version"
+        return f"<ConfigSource {self.directory} {state}, {self.refused_total} refused>"
+
+    def on_version(self, fn: Callable[[ConfigVersion], None]) -> None:
+        self._listeners.append(fn)
+
+    def on_refusal(self, fn: Callable[[ConfigRefusal], None]) -> None:
+        self._refusal_listeners.append(fn)
+
+    # -- polling ---------------------------------------------------------------------
+
+    def _stat(self) -> dict[str, tuple[int, int]]:
+        stamps = {}
+        for path in iter_yaml_files(self.directory) if self.directory.is_dir() else ():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # removed between the walk and the stat: the next poll sees it gone
+            stamps[path] = (st.st_mtime_ns, st.st_size)
+        return stamps
+
+    def poll(self) -> ConfigVersion | ConfigRefusal | None:
+        """Look once; the new version, the refusal, or None when nothing changed."""
+        now = self.clock()
+        stamps = self._stat()
+        if stamps == self._stamps:
+            self._last_quiet = now
+            return None
+        changed = sorted(p for p in stamps.keys() | (self._stamps or {}).keys()
+                         if stamps.get(p) != (self._stamps or {}).get(p))
+        self._stamps = stamps
+        mtimes = [stamps[p][0] for p in changed if p in stamps]
+        changed_at = now
+        if self.current is not None and mtimes:
+            first = dt.datetime.fromtimestamp(min(mtimes) / 1e9, dt.timezone.utc)
+            changed_at = min(now, max(first, self._last_quiet))
+        self._last_quiet = now
+        for path in stamps:
+            self._files[path] = self._load(path, stamps[path], self._files.get(path))
+        for path in list(self._files):
+            if path not in stamps:
+                del self._files[path]
+        digests = {p: self._files[p].digest for p in stamps}
+        if self.current is not None and digests == dict(self.current.files):
+            self.refusal = None  # back to the content in force
+            return None
+        return self._compile(digests, changed, now, changed_at)
+
+    def _load(self, path: str, stamp: tuple[int, int], old: _FileState | None) -> _FileState:
+        if old is not None and (old.mtime_ns, old.size) == stamp:
+            return old
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return _FileState(*stamp, f"unreadable:{exc}", LoadResult(
+                diagnostics=[Diagnostic(path, 0, "", f"cannot read file: {exc}")], files=[path]), {})
+        digest = hashlib.sha256(data).hexdigest()
+        if old is not None and old.digest == digest:
+            return _FileState(*stamp, digest, old.result, old.raw)
+        result, raw = load_file_bytes(path, data)
+        return _FileState(*stamp, digest, result, raw)
+
+    def _compile(self, digests: dict[str, str], changed: list[str], now: dt.datetime,
+                 changed_at: dt.datetime) -> ConfigVersion | ConfigRefusal:
+        result = LoadResult()
+        raw: dict[tuple[str, int], Any] = {}
+        for path in sorted(digests):
+            state = self._files[path]
+            result.extend(state.result)
+            raw.update(((path, line), data) for line, data in state.raw.items())
+        errors = [d for d in result.diagnostics if d.is_error]
+        if not errors:
+            mesh = find_mesh_or_none(result)
+            errors = [d for check in self.checks for d in check(result, mesh) if d.is_error]
+        compiled = None
+        if not errors:
+            try:
+                compiled = self._registry(result)
+            except RegistryError as exc:
+                meshes = result.of_kind("Mesh")
+                where = (meshes[0].file, meshes[0].line) if meshes else (str(self.directory), 0)
+                errors = [Diagnostic(where[0], where[1], "", f"cannot place the workloads: {exc}")]
+        if errors or compiled is None:
+            return self._refuse(tuple(str(d) for d in errors), changed, now)
+        mesh, registry, placed = compiled
+        version = ConfigVersion(self._next, tuple(result.resources), registry, mesh, placed, digests, raw,
+                                now, changed_at)
+        self._next += 1
+        self.current = version
+        self.refusal = None
+        self._pending_analysis = (version, result)
+        log.info("config version %d accepted (%d files changed)", version.number, len(changed))
+        return version
+
+    def _registry(self, result: LoadResult) -> tuple[Mesh | None, ServiceRegistry, tuple[Placement, ...]]:
+        inputs = tuple(r for r in result.resources if r.kind in REGISTRY_KINDS)
+        cached = self._registry_cache
+        if cached is not None and len(cached[0]) == len(inputs) and all(a is b for a, b in zip(cached[0], inputs)):
+            return cached[1]
+        mesh = find_mesh(result)
+        compiled = (mesh, build_registry(result, mesh, kube_cluster=self.kube_cluster),
+                    placements(result, mesh, kube_cluster=self.kube_cluster))
+        self._registry_cache = (inputs, compiled)
+        return compiled
+
+    def _refuse(self, messages: tuple[str, ...], changed: list[str], now: dt.datetime) -> ConfigRefusal:
+        refusal = ConfigRefusal(now, messages, tuple(changed))
+        self.refusal = refusal
+        self.refusals = [*self.refusals, refusal][-MAX_REFUSALS_KEPT:]
+        self.refused_total += 1
+        in_force = f"version {self.current.number} stays in force" if self.current else "no config in force"
+        log.warning("config change refused (%s): %s", in_force, "; ".join(messages[:3]))
+        return refusal
+
+    def analyze_pending(self) -> None:
+        """Run ``analyze`` on the version accepted last (see the module docstring)."""
+        pending, self._pending_analysis = self._pending_analysis, None
+        if pending is not None:
+            version, result = pending
+            self.warnings = (version.number, tuple(str(d) for d in analyze(result) if not d.is_error))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll every ``interval`` seconds until cancelled; started after the first poll.
+
+        Listeners are called here, in trio's thread, even when the poll ran in a worker."""
+        await self._step()
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            await self._step()
+
+    async def _step(self) -> None:
+        if self.in_thread:  # a large reload must not stall the pushes and ACKs in flight
+            outcome = await trio.to_thread.run_sync(self.poll)
+        else:
+            outcome = self.poll()
+        self.notify(outcome)
+        if isinstance(outcome, ConfigVersion):
+            if self.in_thread:
+                await trio.to_thread.run_sync(self.analyze_pending)
+            else:
+                self.analyze_pending()
+
+    def notify(self, outcome: ConfigVersion | ConfigRefusal | None) -> None:
+        """Hand a poll's outcome to the listeners."""
+        if isinstance(outcome, ConfigVersion):
+            for fn in self._listeners:
+                fn(outcome)
+        elif isinstance(outcome, ConfigRefusal):
+            for fn in self._refusal_listeners:
+                fn(outcome)
+
+    def status(self) -> dict[str, Any]:
+        cur = self.current
+        return {"directory": str(self.directory),
+                "version": cur.number if cur else None,
+                "versionCreatedAt": cur.created_at.isoformat() if cur else None,
+                "warnings": list(self.warnings[1]) if cur and self.warnings[0] == cur.number else [],
+                "refusedTotal": self.refused_total,
+                "lastRefusal": self.refusal.to_json() if self.refusal else None}
+
+
+def find_mesh_or_none(result: LoadResult) -> Mesh | None:
+    meshes = result.of_kind("Mesh")
+    return meshes[0].spec if meshes else None
+
+
+def load_file_bytes(path: str, data: bytes) -> tuple[LoadResult, dict[int, Any]]:
+    """Load one file as ``topology.load_file`` does, keeping each document's raw mapping by line."""
+    result = LoadResult(files=[path])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        result.diagnostics.append(Diagnostic(path, 0, "", f"cannot read file: {exc}"))
+        return result, {}
+    docs, diags = load_documents(text, path)
+    result.diagnostics.extend(diags)
+    raw: dict[int, Any] = {}
+    for doc in docs:
+        data_ = doc.data
+        if isinstance(data_, dict) and data_.get("kind") == "List" and isinstance(data_.get("items"), list):
+            items = data_["items"]
+            for item, line in zip(items, getattr(items, "item_lines", [doc.line] * len(items))):
+                raw[line] = item
+        else:
+            raw[doc.line] = data_
+        _load_document(doc, result)
+    return result, raw

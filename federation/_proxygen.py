@@ -1,0 +1,290 @@
+"""Proxy documents: one ``ProxyConfig`` (gateway/_config.py) per workload instance, from a version.
+
+Pure: a ``ConfigVersion`` and a ``Placement`` in, the JSON text the proxy decodes with
+``gateway._config.load_proxy_config_text`` out (JSON is YAML).
+
+Theory of operation. Of a document, only the head (node, listeners, app ports, TLS
+files: a few hundred bytes) is the proxy's own. The rest - every service it sees with
+its endpoints, and the Istio resources that apply to it - is the same for every proxy
+of one network whose namespace sees the same services, and the same for every proxy of
+one namespace, respectively. ``ProxyGenerator`` encodes those shared parts once per
+version and class and keeps them as bytes; a document is the tuple (head, services,
+resources, version tail), so a hundred 2 MB documents cost one encoding and a hundred
+small heads, and are written to the wire part by part without ever being joined.
+Encoded services are also reused across versions: the fragments of a service whose
+declaration and endpoints did not change are taken from the previous generator.
+
+A document's ``digest`` covers everything but the version, so a proxy whose document
+did not change between versions can be left alone (no push).
+
+Visibility, as Istio without Sidecar resources: every service of the registry view,
+except ServiceEntry hosts whose ``exportTo`` excludes the proxy's namespace;
+VirtualServices, DestinationRules and ServiceEntries by ``exportTo`` (empty means
+``*``; ``.`` means the resource's own namespace; a DestinationRule with a
+workloadSelector only in its own namespace); PeerAuthentications and
+AuthorizationPolicies of the proxy's namespace and of the root namespace (the proxy
+matches their selectors itself). An endpoint on another network than the proxy's
+carries ``gateway``: its cluster's east-west gateway (the block's ``.2`` unless the
+Mesh says otherwise) on :15443.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from topology import Endpoint, Placement, Resource, Service, ServiceRegistry
+from topology._hostname import canonical
+
+from ._configsource import ConfigVersion
+
+OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT, GATEWAY_PORT = 15001, 15006, 15000, 15443  # DESIGN.md ports
+ROOT_NAMESPACE = "istio-system"  # Istio's rootNamespace default
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+VISIBLE_BY_EXPORT = frozenset({"VirtualService", "DestinationRule", "ServiceEntry"})
+NAMESPACE_POLICIES = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
+_APP_PROTOCOLS = {"HTTP": "http", "HTTP2": "http2", "GRPC": "grpc", "GRPC-WEB": "http2", "UNSUPPORTED": "http"}
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Where the proxy keeps its SVID and trust bundles (decided by whoever starts it)."""
+
+    cert: str
+    key: str
+    chain: str | None = None
+    bundles: Mapping[str, str] = field(default_factory=dict)
+    """Trust domain -> PEM file of its roots."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cert": self.cert, "key": self.key, "bundles": dict(self.bundles)}
+        if self.chain:
+            out["chain"] = self.chain
+        return out
+
+
+TlsPaths = Callable[[Placement], "TlsFiles | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDocument:
+    """One proxy's ProxyConfig as bytes in parts; ``digest`` ignores the version."""
+
+    instance: str
+    version: int
+    digest: str
+    parts: tuple[bytes, ...] = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode()
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(b"".join(self.parts))
+
+
+def exported_to(res: Resource, namespace: str) -> bool:
+    """Istio's exportTo: empty or ``*`` all, ``.`` the resource's namespace, ``~`` none, else names."""
+    export = getattr(res.spec, "export_to", ())
+    if not export or "*" in export:
+        return True
+    return ("." in export and res.namespace == namespace) or namespace in export
+
+
+def cluster_view(registry: ServiceRegistry, cluster: str) -> ServiceRegistry:
+    """The registry as one cluster's control plane knows it before any link: only its endpoints."""
+    for other in registry.clusters:
+        if other != cluster:
+            registry = registry.without_cluster(other)
+    return registry
+
+
+class ProxyGenerator:
+    """Documents of one version; shared parts cached (see the module docstring)."""
+
+    def __init__(self, version: ConfigVersion, *, registry: ServiceRegistry | None = None,
+                 tls: TlsPaths | None = None, root_namespace: str = ROOT_NAMESPACE,
+                 previous: "ProxyGenerator | None" = None) -> None:
+        self.version = version
+        self.registry = registry if registry is not None else version.registry
+        self.tls = tls
+        self.root_namespace = root_namespace
+        self._by_key = {(p.cluster, p.namespace, p.instance): p for p in version.placements}
+        self._gateways: dict[str, str] = {}
+        self._network_gateways: dict[str, str] = {}
+        self._trust_domains: dict[str, str] = {}
+        for c in version.mesh.clusters if version.mesh is not None else ():
+            self._trust_domains[c.name] = c.trust_domain or DEFAULT_TRUST_DOMAIN
+            if c.gateway_address:
+                self._gateways[c.name] = f"{c.gateway_address}:{GATEWAY_PORT}"
+                self._network_gateways.setdefault(c.network or c.name, self._gateways[c.name])
+        self._limited = self._export_limits()
+        self._hidden: dict[str, frozenset[str]] = {}
+        self._services: dict[tuple[str, frozenset[str]], tuple[bytes, str]] = {}
+        self._resources: dict[str, tuple[bytes, str]] = {}
+        prev = previous if previous is not None and previous._gateways == self._gateways else None
+        self._prev_service_json = prev._service_json if prev is not None else {}
+        self._service_json: dict[tuple[Service, str], bytes] = {}
+        self._prev_resource_json = prev._resource_json if prev is not None else {}
+        self._resource_json: dict[int, tuple[Resource, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return (f"<ProxyGenerator version {self.version.number}: {len(self._by_key)} placements, "
+                f"{len(self._services)} service classes, {len(self._resources)} namespaces encoded>")
+
+    def placement(self, cluster: str, namespace: str, instance: str) -> Placement | None:
+        return self._by_key.get((cluster, namespace, instance))
+
+    # -- shared parts ------------------------------------------------------------------
+
+    def _export_limits(self) -> dict[str, list[Resource]]:
+        """ServiceEntry hosts (registry keys) every entry of which limits exportTo, with the entries."""
+        by_host: dict[str, list[Resource]] = {}
+        for r in self.version.resources:
+            if r.kind == "ServiceEntry":
+                for host in r.spec.hosts:
+                    by_host.setdefault(canonical(host.lower(), self.registry.domain), []).append(r)
+        return {h: rs for h, rs in by_host.items() if all(r.spec.export_to and "*" not in r.spec.export_to
+                                                          for r in rs)}
+
+    def _hidden_in(self, namespace: str) -> frozenset[str]:
+        hidden = self._hidden.get(namespace)
+        if hidden is None:
+            hidden = self._hidden[namespace] = frozenset(
+                h for h, rs in self._limited.items() if not any(exported_to(r, namespace) for r in rs))
+        return hidden
+
+    def _services_part(self, network: str, namespace: str) -> tuple[bytes, str]:
+        key = (network, self._hidden_in(namespace))
+        part = self._services.get(key)
+        if part is None:
+            hidden, domain = key[1], self.registry.domain  # a host a cluster declares too stays visible
+            pieces = [self._service_piece(s, network) for s in self.registry.services
+                      if s.declared_in or canonical(s.hostname.name, domain) not in hidden]
+            data = b"[" + b",".join(pieces) + b"]"
+            part = self._services[key] = (data, hashlib.sha256(data).hexdigest())
+        return part
+
+    def _service_piece(self, svc: Service, network: str) -> bytes:
+        key = (svc, network)
+        piece = self._service_json.get(key) or self._prev_service_json.get(key)
+        if piece is None:
+            out: dict[str, Any] = {"hostname": svc.hostname.name, "namespace": svc.namespace, "name": svc.name,
+                                   "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol.lower(),
+                                              "targetPort": p.target_port} for p in svc.ports],
+                                   "endpoints": [self._endpoint(e, network) for e in svc.endpoints]}
+            if svc.is_external:
+                out["external"] = True
+            piece = _dumps(out)
+        self._service_json[key] = piece
+        return piece
+
+    def _endpoint(self, e: Endpoint, network: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": e.address, "port": e.port,
+                               "proxyPort": INBOUND_PORT if e.instance else 0}
+        if e.network and network and e.network != network:
+            gateway = self._gateways.get(e.cluster) or self._network_gateways.get(e.network)
+            if gateway:
+                out["gateway"] = gateway
+        if e.labels:
+            out["labels"] = dict(e.labels)
+        for key, value in (("locality", str(e.locality)), ("cluster", e.cluster), ("network", e.network),
+                           ("serviceAccount", e.service_account), ("instance", e.instance)):
+            if value:
+                out[key] = value
+        if e.weight != 1:
+            out["weight"] = e.weight
+        if not e.healthy:
+            out["healthy"] = False
+        if e.service_port:
+            out["servicePort"] = e.service_port
+        return out
+
+    def applies(self, res: Resource, namespace: str) -> bool:
+        """Whether ``res`` goes into the documents of proxies in ``namespace``."""
+        if res.kind in VISIBLE_BY_EXPORT:
+            if res.kind == "DestinationRule" and res.spec.workload_selector is not None:
+                return res.namespace == namespace
+            return exported_to(res, namespace)
+        return res.kind in NAMESPACE_POLICIES and res.namespace in (namespace, self.root_namespace)
+
+    def _resources_part(self, namespace: str) -> tuple[bytes, str]:
+        part = self._resources.get(namespace)
+        if part is None:
+            pieces = [self._resource_piece(r) for r in self.version.resources if self.applies(r, namespace)]
+            data = b"[" + b",".join(pieces) + b"]"
+            part = self._resources[namespace] = (data, hashlib.sha256(data).hexdigest())
+        return part
+
+    def _resource_piece(self, res: Resource) -> bytes:
+        found = self._resource_json.get(id(res)) or self._prev_resource_json.get(id(res))
+        if found is None or found[0] is not res:
+            raw = self.version.raw_of(res)
+            meta = dict(raw.get("metadata") or {}) if isinstance(raw, dict) else {}
+            meta = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
+            meta.update(name=res.name, namespace=res.namespace)
+            spec = raw.get("spec") if isinstance(raw, dict) else None
+            found = (res, _dumps({"apiVersion": res.api_version, "kind": res.kind, "metadata": meta,
+                                  "spec": spec if spec is not None else {}}))
+        self._resource_json[id(res)] = found
+        return found[1]
+
+    # -- one proxy ---------------------------------------------------------------------
+
+    def _head(self, p: Placement) -> bytes:
+        source = p.source
+        if hasattr(source, "ports") and hasattr(source, "cluster_names"):  # a Mesh Workload
+            ports = [{"port": wp.target_port, "protocol": wp.protocol.value} for wp in source.ports]
+        else:  # a Kubernetes workload: the ports its Services' endpoints give it
+            ports = [{"port": e.port, "protocol": _APP_PROTOCOLS.get(proto, "tcp")}
+                     for e, proto in self._endpoints_at(p)]
+        addr = p.address
+        spec: dict[str, Any] = {
+            "node": {"cluster": p.cluster, "namespace": p.namespace, "workload": p.workload,
+                     "instance": p.instance, "serviceAccount": p.service_account, "labels": dict(p.labels),
+                     "locality": str(p.locality), "network": p.network,
+                     "trustDomain": self._trust_domains.get(p.cluster, DEFAULT_TRUST_DOMAIN),
+                     "rootNamespace": self.root_namespace},
+            "listeners": {"outbound": f"{addr}:{OUTBOUND_PORT}", "inbound": f"{addr}:{INBOUND_PORT}",
+                          "admin": f"{addr}:{ADMIN_PORT}"},
+            "app": {"address": addr, "ports": ports},
+        }
+        tls = self.tls(p) if self.tls is not None else None
+        if tls is not None:
+            spec["tls"] = tls.to_json()
+        envelope = _dumps({"apiVersion": "meshfed.io/v1alpha1", "kind": "ProxyConfig",
+                           "metadata": {"name": p.instance}, "spec": spec})
+        return envelope[:-2] + b',"services":'  # reopen the spec object for the shared parts
+
+    def _endpoints_at(self, p: Placement) -> list[tuple[Endpoint, str]]:
+        seen: dict[int, tuple[Endpoint, str]] = {}
+        for svc in self.version.registry.services:
+            for e in svc.endpoints:
+                if e.address == p.address and e.cluster == p.cluster and e.port not in seen:
+                    port = next((sp for sp in svc.ports if e.serves(sp)), None)
+                    seen[e.port] = (e, port.protocol if port is not None else "TCP")
+        return list(seen.values())
+
+    def document(self, p: Placement) -> ProxyDocument:
+        head = self._head(p)
+        services, services_digest = self._services_part(p.network, p.namespace)
+        resources, resources_digest = self._resources_part(p.namespace)
+        digest = hashlib.sha256(head + services_digest.encode() + resources_digest.encode()).hexdigest()
+        tail = b',"version":' + _dumps(str(self.version.number)) + b"}}"
+        return ProxyDocument(p.instance, self.version.number, digest,
+                             (head, services, b',"resources":', resources, tail))
+
+
+def proxy_config(version: ConfigVersion, placement: Placement, *, registry: ServiceRegistry | None = None,
+                 tls: TlsPaths | None = None) -> dict[str, Any]:
+    """One proxy's document as a dict (tests, ``fedctl`` dumps); the server uses ``ProxyGenerator``."""
+    return ProxyGenerator(version, registry=registry, tls=tls).document(placement).to_dict()
