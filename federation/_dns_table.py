@@ -43,11 +43,12 @@ answer (``zone`` None, no node): meshfed is not a recursive resolver.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
+import dns.exception
 import dns.name
 import dns.rdata
 import dns.rdataclass
@@ -60,49 +61,182 @@ from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 from dns.rdtypes.IN.SRV import SRV
 
-from topology import Endpoint, Service, ServiceRegistry
+from topology import Endpoint, Service, ServicePort, ServiceRegistry
 from topology._hostname import CLUSTERSET_DOMAIN, split_service_fqdn
 
 DEFAULT_TTL = 5
 """Seconds clients may cache an answer; short, because endpoints come and go. Defaults to 5."""
 SCHEMA_VERSION = b"1.0.0"
 """Kubernetes DNS schema version (``dns-version.<zone>. IN TXT``)."""
-# CoreDNS kubernetes plugin's SOA timers (plugin/kubernetes/kubernetes.go).
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400
+"""The SOA timers CoreDNS's kubernetes plugin gives its zones."""
 
 IN = dns.rdataclass.IN
 _LABEL = re.compile(rb"[a-z0-9_*-]{1,63}")
 _HOST_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _REVERSE = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
+_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 Rdatas = tuple[dns.rdata.Rdata, ...]
-Glue = tuple[tuple[dns.name.Name, int, Rdatas], ...]
+Glue = tuple[tuple[dns.name.Name, Rdatas], ...]
+Key = tuple[str, ...]
+"""Labels in front of a service name: ``()`` the service, ``("_http", "_tcp")``, ``("reviews-v1-0",)``."""
 
 
-@dataclass(frozen=True, slots=True)
+@functools.lru_cache(maxsize=65536)
+def address_record(address: str) -> dns.rdata.Rdata | None:
+    """The A or AAAA record of an endpoint address; None for a DNS name (ServiceEntry
+    resolution DNS), which has no address to give. Immutable, so shared by every snapshot."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return A(IN, dns.rdatatype.A, str(ip)) if ip.version == 4 else AAAA(IN, dns.rdatatype.AAAA, str(ip))
+
+
+def _by_type(addresses: Iterable[str]) -> dict[int, Rdatas]:
+    out: dict[int, list[dns.rdata.Rdata]] = {}
+    for address in dict.fromkeys(addresses):
+        rd = address_record(address)
+        if rd is not None:
+            out.setdefault(rd.rdtype, []).append(rd)
+    return {t: tuple(rds) for t, rds in out.items()}
+
+
 class Node:
-    """The records at one owner name, by type; no records means the name exists without data."""
+    """The records at one owner name; a name with none exists without data (NODATA)."""
 
-    records: Mapping[int, Rdatas] = field(default_factory=dict)
-    glue: Glue = ()
-    """Addresses of SRV targets, for the additional section."""
+    __slots__ = ("_records", "_glue")
+
+    def __init__(self, records: Mapping[int, Rdatas] | None = None, glue: Glue = ()) -> None:
+        self._records = dict(records or {})
+        self._glue = glue
+
+    def types(self) -> tuple[int, ...]:
+        """Record types present, for ANY."""
+        return tuple(self._records)
+
+    def get(self, rdtype: int) -> Rdatas:
+        return self._records.get(rdtype, ())
+
+    def glue(self) -> Glue:
+        """Addresses of the SRV targets, for the additional section."""
+        return self._glue
 
 
 EMPTY = Node()
 
 
-@dataclass(frozen=True, slots=True)
+class _ServiceNode(Node):
+    """A name of a service's view; its records are built on first use and kept by the view."""
+
+    __slots__ = ("_view", "_key")
+
+    def __init__(self, view: _View, key: Key) -> None:
+        self._view = view
+        self._key = key
+
+    def types(self) -> tuple[int, ...]:
+        found = tuple(self._view.addresses(self._key))
+        return found + (dns.rdatatype.SRV,) if self._view.srv(self._key)[0] else found
+
+    def get(self, rdtype: int) -> Rdatas:
+        if rdtype in _ADDRESS_TYPES:
+            return self._view.addresses(self._key).get(rdtype, ())
+        return self._view.srv(self._key)[0] if rdtype == dns.rdatatype.SRV else ()
+
+    def glue(self) -> Glue:
+        return self._view.srv(self._key)[1]
+
+
 class _View:
-    """One service's names in one zone: the service node and the nodes below it."""
+    """One service's names in one zone (cluster.local or clusterset.local).
 
-    node: Node
-    below: dict[tuple[str, ...], Node]
-    """Nodes by the labels in front of the service name (``("_http", "_tcp")``, ``("reviews-v1-0",)``)."""
-    hosts: dict[dns.name.Name, list[Endpoint]]
-    """Each endpoint's hostname (SRV target, PTR name) and the endpoints it names."""
+    Construction only sorts endpoints into names (string work); records are made when a
+    name is first asked for, so a service of 10,000 endpoints costs its records once.
+    """
+
+    __slots__ = ("service", "ordered", "_name", "_below", "_ports", "_empty", "_key_of", "_addresses", "_srv")
+
+    def __init__(self, service: Service, zone: dns.name.Name, clusterset: bool, cluster: str, domain: str) -> None:
+        self.service = service
+        self._name = dns.name.from_text(service.hostname.name.removesuffix("." + domain), zone)
+        eps = [e for e in service.endpoints if address_record(e.address) is not None]
+        # A hostname must identify one address in the service (per cluster in clusterset.local).
+        addresses_of: dict[tuple[str, str], set[str]] = {}
+        for e in eps:
+            if _HOST_LABEL.fullmatch(e.instance.lower()):
+                addresses_of.setdefault((e.instance.lower(), e.cluster if clusterset else ""), set()).add(e.address)
+        self._key_of: dict[tuple[str, str, str], Key] = {}
+        self._below: dict[Key, list[Endpoint]] = {}
+        self._empty: set[Key] = set()
+        for e in eps:
+            name = e.instance.lower()
+            if len(addresses_of.get((name, e.cluster if clusterset else ""), ())) != 1:
+                name = e.address.replace(".", "-").replace(":", "-")  # CoreDNS's endpoint name
+            key = (name, e.cluster) if clusterset and e.cluster else (name,)
+            self._key_of[(e.address, e.cluster, e.instance)] = key
+            self._below.setdefault(key, []).append(e)
+            if len(key) == 2:
+                self._empty.add((e.cluster,))  # <cluster>.<svc>.<ns>.svc.clusterset.local
+            elif (e.instance.lower(),) != key and (e.instance.lower(), "") in addresses_of:
+                self._below.setdefault((e.instance.lower(),), []).append(e)  # an instance name of several clusters
+        self._ports: dict[Key, ServicePort] = {}
+        for p in service.ports:
+            if _HOST_LABEL.fullmatch(p.name.lower()):  # "Unnamed ports do not have an SRV record."
+                proto = "_udp" if p.protocol == "UDP" else "_tcp"
+                self._ports[("_" + p.name.lower(), proto)] = p
+                self._empty.add((proto,))
+        healthy = [e for e in eps if e.healthy]
+        self.ordered = sorted(healthy, key=lambda e: e.cluster != cluster) if cluster else healthy
+        """Healthy endpoints with an address, the answering cluster's first."""
+        self._addresses: dict[Key, dict[int, Rdatas]] = {}
+        self._srv: dict[Key, tuple[Rdatas, Glue]] = {}
+
+    def node(self, key: Key) -> Node | None:
+        if not key or key in self._below or key in self._ports:
+            return _ServiceNode(self, key)
+        return EMPTY if key in self._empty else None
+
+    def target(self, e: Endpoint) -> dns.name.Name:
+        """The endpoint's hostname: SRV target and PTR name."""
+        return dns.name.Name(self._key_of[(e.address, e.cluster, e.instance)] + self._name.labels)
+
+    def hosts(self) -> Iterator[tuple[dns.name.Name, Endpoint]]:
+        for e in self.ordered:
+            yield self.target(e), e
+
+    def addresses(self, key: Key) -> dict[int, Rdatas]:
+        found = self._addresses.get(key)
+        if found is None:
+            if key and key not in self._below:
+                found = {}
+            else:
+                eps = self.ordered if not key else [e for e in self.ordered if e in self._below[key]]
+                found = _by_type(e.address for e in eps)
+            self._addresses[key] = found
+        return found
+
+    def srv(self, key: Key) -> tuple[Rdatas, Glue]:
+        found = self._srv.get(key)
+        if found is None:
+            ports = list(self._ports.values()) if not key else [self._ports[key]] if key in self._ports else []
+            records: list[dns.rdata.Rdata] = []
+            glue: dict[dns.name.Name, list[str]] = {}
+            for p in ports:
+                serving = list({(e.address, e.port): e for e in self.ordered if e.serves(p)}.values())
+                total = sum(e.weight for e in serving)
+                for e in serving:
+                    target = self.target(e)
+                    weight = max(1, min(65535, round(100 * e.weight / total)))  # the endpoint's share, in percent
+                    records.append(SRV(IN, dns.rdatatype.SRV, 0, weight, e.port, target))
+                    glue.setdefault(target, []).append(e.address)
+            found = self._srv[key] = (tuple(records), tuple((t, rds) for t, addresses in glue.items()
+                                                           for rds in _by_type(addresses).values()))
+        return found
 
 
-def _text_labels(labels: Iterable[bytes]) -> tuple[str, ...] | None:
+def _text_labels(labels: Iterable[bytes]) -> Key | None:
     """Lowercase labels as text, or None if one is not a plain DNS label (a dot, a byte > 127...)."""
     out = []
     for label in labels:
@@ -111,26 +245,6 @@ def _text_labels(labels: Iterable[bytes]) -> tuple[str, ...] | None:
             return None
         out.append(low.decode("ascii"))
     return tuple(out)
-
-
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(address)
-    except ValueError:
-        return None  # a DNS-resolved endpoint (ServiceEntry resolution DNS): no address to give
-
-
-def _address_rdata(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dns.rdata.Rdata:
-    if ip.version == 4:
-        return A(IN, dns.rdatatype.A, str(ip))
-    return AAAA(IN, dns.rdatatype.AAAA, str(ip))
-
-
-def _address_node(ips: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> dict[int, Rdatas]:
-    records: dict[int, list[dns.rdata.Rdata]] = {}
-    for ip in dict.fromkeys(ips):
-        records.setdefault(dns.rdatatype.A if ip.version == 4 else dns.rdatatype.AAAA, []).append(_address_rdata(ip))
-    return {t: tuple(r) for t, r in records.items()}
 
 
 class DnsTable:
@@ -159,8 +273,6 @@ class DnsTable:
         return (f"<DnsTable {self.zone.to_text(True)} cluster={self.cluster or '-'} ttl={self.ttl}s "
                 f"serial={self.serial} {self.registry!r}>")
 
-    # -- lookups ---------------------------------------------------------------------
-
     def soa(self, zone: dns.name.Name) -> SOA:
         return SOA(IN, dns.rdatatype.SOA, dns.name.from_text("ns.dns", zone), dns.name.from_text("hostmaster", zone),
                    self.serial, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, self.ttl)
@@ -178,12 +290,10 @@ class DnsTable:
         if len(labels) == 2 or (len(labels) == 3 and labels[2] == "svc"):  # Istio's short-name aliases
             svc = self._service(f"{labels[0]}.{labels[1]}.svc.{self.registry.domain}")
             if svc is not None:
-                return self._view(svc, False).node, None
+                return self._view(svc, False).node(()), None
         svc = self._service(".".join(labels))
-        if svc is not None:
-            node = self._plain_node(svc)
-            if node.records or any(_ip(e.address) for e in svc.endpoints):
-                return node, None
+        if svc is not None and any(address_record(e.address) for e in svc.endpoints):
+            return self._plain(svc), None  # a ServiceEntry host, as Istio's DNS proxy answers it
         return None, None
 
     def _in_zone(self, rel: tuple[bytes, ...], zone: dns.name.Name) -> Node | None:
@@ -198,8 +308,7 @@ class DnsTable:
         if len(labels) >= 3 and labels[-1] == "svc":
             svc = self._service(f"{labels[-3]}.{labels[-2]}.svc.{self.registry.domain}")
             if svc is not None:
-                view = self._view(svc, clusterset)
-                return view.node if len(labels) == 3 else view.below.get(labels[:-3])
+                return self._view(svc, clusterset).node(labels[:-3])
         if labels == ("svc",):
             return EMPTY if self.namespaces else None
         if len(labels) == 2 and labels[1] == "svc":
@@ -207,15 +316,29 @@ class DnsTable:
         if not clusterset:
             svc = self._service(".".join(labels) + "." + self.registry.domain)
             if svc is not None:
-                return self._plain_node(svc)
+                return self._plain(svc)
         return None
 
     def _service(self, host: str) -> Service | None:
-        registry = self.registry
-        if host not in registry:
+        if host not in self.registry:
             return None
-        svc = registry.get(host)
+        svc = self.registry.get(host)
         return None if svc.hostname.is_wildcard else svc
+
+    def _view(self, svc: Service, clusterset: bool) -> _View:
+        key = (svc.hostname.name, clusterset)
+        view = self._views.get(key)
+        if view is None:
+            zone = self.clusterset_zone if clusterset else self.zone
+            view = self._views[key] = _View(svc, zone, clusterset, self.cluster, self.registry.domain)
+        return view
+
+    def _plain(self, svc: Service) -> Node:
+        """A service not named ``<svc>.<ns>.svc.<domain>``: its addresses, no SRV names."""
+        eps = [e for e in svc.endpoints if e.healthy]
+        if self.cluster:
+            eps.sort(key=lambda e: e.cluster != self.cluster)
+        return Node(_by_type(e.address for e in eps))
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -226,99 +349,16 @@ class DnsTable:
         return self._namespaces
 
     def _pointer(self, qname: dns.name.Name) -> Node | None:
-        if self._reverse is None:
-            self._reverse = self._build_reverse()
         try:
-            ip = ipaddress.ip_address(dns.reversename.to_address(qname))
+            ip = str(ipaddress.ip_address(dns.reversename.to_address(qname)))
         except (dns.exception.DNSException, ValueError):
             return None
-        return self._reverse.get(str(ip))
-
-    def _build_reverse(self) -> dict[str, Node]:
-        names: dict[str, list[dns.rdata.Rdata]] = {}
-        for svc in self.registry:
-            if svc.hostname.is_wildcard or split_service_fqdn(svc.hostname, self.registry.domain) is None:
-                continue
-            for name, eps in self._view(svc, False).hosts.items():
-                for e in self._ordered(eps):
-                    names.setdefault(str(_ip(e.address)), []).append(PTR(IN, dns.rdatatype.PTR, name))
-        return {ip: Node({dns.rdatatype.PTR: tuple(dict.fromkeys(rds))}) for ip, rds in names.items()}
-
-    # -- building one service's records ------------------------------------------------
-
-    def _ordered(self, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
-        """Healthy endpoints with an IP address, the answering cluster's first (stable)."""
-        eps = [e for e in endpoints if e.healthy and _ip(e.address) is not None]
-        return sorted(eps, key=lambda e: e.cluster != self.cluster) if self.cluster else eps
-
-    def _plain_node(self, svc: Service) -> Node:
-        """A/AAAA only: a service whose name is not ``<svc>.<ns>.svc.<domain>`` has no SRV names."""
-        key = (str(svc.hostname), False)
-        view = self._views.get(key)
-        if view is None:
-            ips = [_ip(e.address) for e in self._ordered(svc.endpoints)]
-            view = self._views[key] = _View(Node(_address_node(ip for ip in ips if ip is not None)), {}, {})
-        return view.node
-
-    def _view(self, svc: Service, clusterset: bool) -> _View:
-        key = (str(svc.hostname), clusterset)
-        view = self._views.get(key)
-        if view is None:
-            view = self._views[key] = self._build_view(svc, clusterset)
-        return view
-
-    def _build_view(self, svc: Service, clusterset: bool) -> _View:
-        zone = self.clusterset_zone if clusterset else self.zone
-        service_name = dns.name.from_text(svc.hostname.name.removesuffix("." + self.registry.domain), zone)
-        all_eps = [e for e in svc.endpoints if _ip(e.address) is not None]
-        # A hostname must identify one address in the service (per cluster in clusterset.local).
-        addresses_of: dict[tuple[str, str], set[str]] = {}
-        for e in all_eps:
-            if _HOST_LABEL.fullmatch(e.instance.lower()):
-                addresses_of.setdefault((e.instance.lower(), e.cluster if clusterset else ""), set()).add(e.address)
-
-        def host_key(e: Endpoint) -> tuple[str, ...]:
-            name = e.instance.lower()
-            if len(addresses_of.get((name, e.cluster if clusterset else ""), ())) != 1:
-                name = str(_ip(e.address)).replace(".", "-").replace(":", "-")
-            return (name, e.cluster) if clusterset and e.cluster else (name,)
-
-        below: dict[tuple[str, ...], list[Endpoint]] = {}
-        hosts: dict[dns.name.Name, list[Endpoint]] = {}
-        for e in all_eps:
-            key = host_key(e)
-            hosts.setdefault(dns.name.from_text(".".join(key), service_name), []).append(e)
-            below.setdefault(key, []).append(e)
-            if not clusterset and (e.instance.lower(),) != key and (e.instance.lower(), "") in addresses_of:
-                below.setdefault((e.instance.lower(),), []).append(e)  # an instance name of several clusters
-        nodes = {k: Node(self._addresses(eps)) for k, eps in below.items()}
-        for k in below:
-            if len(k) == 2:
-                nodes[(k[1],)] = EMPTY  # <cluster>.<svc>.<ns>.svc.clusterset.local
-        healthy = self._ordered(all_eps)
-        every_port: list[dns.rdata.Rdata] = []
-        for port in svc.ports:
-            if not _HOST_LABEL.fullmatch(port.name.lower()):
-                continue  # "Unnamed ports do not have an SRV record."
-            proto = "_udp" if port.protocol == "UDP" else "_tcp"
-            nodes.setdefault((proto,), EMPTY)
-            serving = list({(e.address, e.port): e for e in healthy if e.serves(port)}.values())
-            total = sum(e.weight for e in serving)
-            records = [SRV(IN, dns.rdatatype.SRV, 0, max(1, min(65535, round(100 * e.weight / total))), e.port,
-                           dns.name.from_text(".".join(host_key(e)), service_name)) for e in serving]
-            nodes[("_" + port.name.lower(), proto)] = Node({dns.rdatatype.SRV: tuple(records)} if records else {},
-                                                           self._glue(hosts, records))
-            every_port.extend(records)
-        here = self._addresses(healthy)
-        if every_port:
-            here[dns.rdatatype.SRV] = tuple(every_port)
-        return _View(Node(here, self._glue(hosts, every_port)), nodes, hosts)
-
-    def _addresses(self, endpoints: Iterable[Endpoint]) -> dict[int, Rdatas]:
-        return _address_node(_ip(e.address) for e in self._ordered(endpoints))  # type: ignore[misc]
-
-    def _glue(self, hosts: Mapping[dns.name.Name, list[Endpoint]], records: Iterable[dns.rdata.Rdata]) -> Glue:
-        return tuple((t, rdtype, rdatas) for t in dict.fromkeys(r.target for r in records)  # type: ignore[attr-defined]
-                     for rdtype, rdatas in self._addresses(hosts[t]).items())
-
-
+        if self._reverse is None:
+            names: dict[str, dict[dns.name.Name, None]] = {}
+            for svc in self.registry:
+                if not svc.hostname.is_wildcard and split_service_fqdn(svc.hostname, self.registry.domain):
+                    for name, e in self._view(svc, False).hosts():
+                        names.setdefault(str(ipaddress.ip_address(e.address)), {})[name] = None
+            self._reverse = {a: Node({dns.rdatatype.PTR: tuple(PTR(IN, dns.rdatatype.PTR, n) for n in ns)})
+                             for a, ns in names.items()}
+        return self._reverse.get(ip)

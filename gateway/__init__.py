@@ -37,7 +37,8 @@ from ._otlp import ExporterConfigError, OtlpExporter, encode_spans  # noqa: E402
 from ._proxy_stats import PROXY_METRICS, MetricDef, Stat, StatFamily, TlsRefusal  # noqa: E402
 from ._tracing import Hop, Span, SpanKind, SpanSink, TraceContext, Tracer  # noqa: E402
 __all__ += ["AccessLog", "AccessLogEntry", "BUCKETS", "CONTENT_TYPE", "ExporterConfigError", "Hop", "HttpSeries", "MetricDef", "OtlpExporter", "PROXY_METRICS", "ProxyMetrics", "Reporter", "RequestLabels", "Service", "Span", "SpanKind", "SpanSink", "Stat", "StatFamily", "TcpSeries", "TlsRefusal", "TraceContext", "Tracer", "Workload", "encode_spans"]  # noqa: E501
-from ._actions import DestinationConfig, DirectResponseAction, ForwardAction, HeaderOps, RedirectAction, RewriteConfig, WeightedDestinations  # noqa: E402,E501
+from ._actions import DestinationConfig, DirectResponseAction, ForwardAction, RedirectAction, RewriteConfig, WeightedDestinations  # noqa: E402,E501
+from ._headerops import HeaderOps  # noqa: E402
 from ._cors import CorsConfig, CorsDecision  # noqa: E402
 from ._match import HttpMatchConfig, MatchCompileError, RouteRequest, StringMatcher  # noqa: E402
 from ._routing import RouteCompileError, RouteDecision, RouteTable, VirtualHost  # noqa: E402

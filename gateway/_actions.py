@@ -6,18 +6,8 @@ short host names are qualified, destination ports inferred, weights turned into 
 cumulative table, header operations of the rule and of each destination flattened into
 one op list per destination, the redirect's scheme/host/port fixed. What is left per
 request is a bisect for the weighted pick, a string concatenation for a rewrite or a
-Location, and a pass over the header list.
-
-Header operations follow Envoy's ``HeaderParser``: removals first, then every overwrite
-(``set``), then every append (``add``); values that are empty are skipped
-(``keep_empty_value`` is false); ``%%`` is a literal ``%``. Istio drops operations on
-pseudo-headers and ``host`` and turns a ``:authority``/``host`` value into a host
-rewrite. The two levels combine as Istio and Envoy combine them: a rule with a single
-destination is one Envoy route, and Istio appends the destination's operations to the
-route's lists (one parser, so a destination ``set`` beats a rule ``set``); with several
-weighted destinations Envoy evaluates the cluster's operations first and the route's
-after them (``WeightedClusterEntry::finalizeRequestHeaders``), so the rule's ``set``
-wins. The rule's authority rewrite always wins over a destination's.
+Location, and a pass over the header list (``_headerops`` says in which order the
+rule's and the destination's operations apply).
 """
 
 from __future__ import annotations
@@ -26,20 +16,20 @@ import base64
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from random import Random
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable
 
 from topology._hostname import DEFAULT_DOMAIN, canonical
-from topology._http_actions import HeaderOperations, Headers, HTTPDirectResponse, HTTPRedirect, HTTPRewrite
+from topology._http_actions import Headers, HTTPDirectResponse, HTTPRedirect, HTTPRewrite
 from topology._http_route import HTTPRouteDestination
 from topology._istio_types import Destination
 
-from ._match import RouteRequest, compile_regex
+from ._headerops import NO_OPS, HeaderOps, HeaderStage
+from ._match import RouteRequest
+from ._regex import compile_regex
 
 if TYPE_CHECKING:
     from topology._registry import ServiceRegistry
 
-REMOVE, SET, ADD = 0, 1, 2
-_VERBS = {REMOVE: "remove", SET: "set", ADD: "add"}
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 """Codes Envoy's ``RedirectAction.response_code`` can express; Istio drops other rules."""
 DEFAULT_REDIRECT_CODE = 301
@@ -67,91 +57,6 @@ def resolve_destination(dest: Destination, namespace: str, listen_port: int | No
         if len(svc.ports) == 1:
             return host, svc.ports[0].port
     return host, listen_port
-
-
-# -- header operations ---------------------------------------------------------------
-
-def _is_internal(name: str) -> bool:
-    return name.startswith(":") or name.lower() == "host"
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderStage:
-    """One Envoy ``HeaderParser``: removes, then sets, then adds."""
-
-    remove: tuple[str, ...] = ()
-    set: tuple[tuple[str, str], ...] = ()
-    add: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def of(cls, ops: HeaderOperations | None) -> tuple[HeaderStage, str | None]:
-        """Istio's ``TranslateHeadersOperations`` for one side: the stage and the authority
-        it writes (``set`` beats ``add``)."""
-        if ops is None:
-            return NO_STAGE, None
-        sets, set_auth = _pairs(ops.set)
-        adds, add_auth = _pairs(ops.add)
-        remove = tuple(n.lower() for n in ops.remove if not _is_internal(n))
-        return cls(remove, sets, adds), set_auth or add_auth
-
-    def __add__(self, other: HeaderStage) -> HeaderStage:
-        """Both stages' operations in one parser (Istio appending to the route's lists)."""
-        return HeaderStage(self.remove + other.remove, self.set + other.set, self.add + other.add)
-
-    def ops(self) -> tuple[tuple[int, str, str], ...]:
-        return (tuple((REMOVE, n, "") for n in self.remove) + tuple((SET, n, v) for n, v in self.set)
-                + tuple((ADD, n, v) for n, v in self.add))
-
-
-def _pairs(mapping: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], str | None]:
-    authority = None
-    out = []
-    for name in sorted(mapping):  # Istio sorts by name
-        value = mapping[name]
-        if name.lower() in (":authority", "host"):
-            authority = value
-        if _is_internal(name) or value == "":
-            continue
-        out.append((name.lower(), value.replace("%%", "%")))
-    return tuple(out), authority
-
-
-NO_STAGE = HeaderStage()
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderOps:
-    """A flat, ordered list of header operations; ``apply`` runs them on (name, value) pairs."""
-
-    ops: tuple[tuple[int, str, str], ...] = ()
-
-    @classmethod
-    def of(cls, *stages: HeaderStage) -> HeaderOps:
-        return cls(tuple(op for s in stages for op in s.ops()))
-
-    def __bool__(self) -> bool:
-        return bool(self.ops)
-
-    def apply(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """A new list with the operations applied; ``headers`` itself when there are none."""
-        if not self.ops:
-            return headers
-        out = list(headers)
-        for code, name, value in self.ops:
-            if code == ADD:
-                out.append((name, value))
-                continue
-            out = [(n, v) for n, v in out if n.lower() != name]
-            if code == SET:
-                out.append((name, value))
-        return out
-
-    def __repr__(self) -> str:
-        return "<HeaderOps " + ", ".join(f"{_VERBS[c]} {n}" + (f"={v!r}" if c else "")
-                                         for c, n, v in self.ops) + ">"
-
-
-NO_OPS = HeaderOps()
 
 
 # -- forwarding ----------------------------------------------------------------------

@@ -194,7 +194,7 @@ def apply_ops(ops: HeaderOps, headers: list[tuple[bytes, bytes]]) -> list[tuple[
 class Exchange:
     """Progress of one request through ``forward``: what the caller reports and logs."""
 
-    __slots__ = ("status", "head_sent", "request_done", "bytes_in", "bytes_out", "error")
+    __slots__ = ("status", "head_sent", "request_done", "bytes_in", "bytes_out", "error", "peer")
 
     def __init__(self) -> None:
         self.status = 0
@@ -205,6 +205,8 @@ class Exchange:
         self.bytes_out = 0
         """Response body bytes sent downstream."""
         self.error: BaseException | None = None
+        self.peer = ""
+        """SPIFFE ID of the upstream (mTLS connections)."""
 
 
 async def forward(down: Downstream, head: Request, has_body: bool, pool: UpstreamPool, key: PoolKey,
@@ -213,12 +215,19 @@ async def forward(down: Downstream, head: Request, has_body: bool, pool: Upstrea
     """Carry ``head`` (and the request body still on ``down``) to a connection for ``key``
     and the response back; see the module docstring for the failure contract."""
     state = state or Exchange()
+    # Connect before touching the body: a connect failure leaves the request intact for
+    # the caller to try another host.
+    conn, reused = await pool.acquire(key, connect_timeout)
     chunks: list[Data] = []
     end: EndOfMessage | None = END_OF_MESSAGE
     if has_body:
-        chunks, end = down.buffered_body()
-    conn, reused = await pool.acquire(key, connect_timeout)
+        try:
+            chunks, end = down.buffered_body()
+        except BaseException:
+            pool.release(conn, False)
+            raise
     for attempt in (0, 1):
+        state.peer = conn.peer
         try:
             await _send_head(conn, head, chunks, end, state)
             if end is not None:

@@ -136,18 +136,20 @@ class OtlpExporter:
         task_status.started()
         try:
             while True:
-                with trio.move_on_after(self.flush_interval):
+                with trio.move_on_after(self.flush_interval) as interval:
                     await self._wake.wait()
                 self._wake = trio.Event()
-                await self.flush()
+                # woken by a full batch: send full batches only, the rest waits for the interval
+                await self.flush(full_batches_only=not interval.cancelled_caught)
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown_timeout):
                 await self.flush()
             raise
 
-    async def flush(self) -> None:
-        """Export every queued span now, batch by batch."""
-        while self._queue:
+    async def flush(self, *, full_batches_only: bool = False) -> None:
+        """Export queued spans now, batch by batch: all of them, or only full batches."""
+        least = self.max_batch if full_batches_only else 1
+        while len(self._queue) >= least:
             n = min(len(self._queue), self.max_batch)
             batch = [self._queue.popleft() for _ in range(n)]
             await self._export(batch)

@@ -47,10 +47,10 @@ from topology._resource import Resource
 
 from . import GatewayError
 from ._actions import (
-    NO_STAGE, DestinationConfig, DirectResponseAction, ForwardAction, HeaderOps, HeaderStage, RedirectAction,
-    WeightedDestinations, compile_forward,
+    DestinationConfig, DirectResponseAction, ForwardAction, RedirectAction, WeightedDestinations, compile_forward,
 )
 from ._cors import CorsConfig
+from ._headerops import NO_STAGE, HeaderOps, HeaderStage
 from ._match import CATCH_ALL_PATH, HttpMatchConfig, RouteRequest
 from ._vsselect import (
     BoundVirtualService, ClientWorkload, DomainIndex, http_ports, resolve_gateway, select_virtual_services,

@@ -46,7 +46,7 @@ PoolKey = tuple[str, int, str, str]
 class UpstreamConnection:
     """One open upstream connection and its HTTP/1.1 client codec."""
 
-    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "_sock", "_pool")
+    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "_sock", "_pool")
 
     def __init__(self, key: PoolKey, stream: trio.abc.Stream, sock: trio.socket.SocketType,
                  pool: UpstreamPool | None, limits: HttpLimits = DEFAULT_LIMITS) -> None:
@@ -57,6 +57,8 @@ class UpstreamConnection:
         """Requests completed on this connection."""
         self.expires = 0.0
         self.closed = False
+        self.peer = ""
+        """The verified SPIFFE ID of the server, for mTLS connections."""
         self._sock = sock
         self._pool = pool
 
@@ -114,10 +116,12 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
         with trio.fail_after(timeout):
             await sock.connect((address, port))
             stream: trio.abc.Stream = trio.SocketStream(sock)
+            peer = ""
             if sni:
                 if mtls is None:
                     raise UpstreamConnectError(where, "mTLS needed but the proxy has no certificate")
-                stream, _peer = await mtls.connect(stream, server_name=sni)
+                stream, identity = await mtls.connect(stream, server_name=sni)
+                peer = str(identity.spiffe_id)
     except trio.TooSlowError:
         sock.close()
         raise UpstreamConnectError(where, f"connect timeout after {timeout:g}s") from None
@@ -133,7 +137,9 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
     except BaseException:
         sock.close()
         raise
-    return UpstreamConnection(key, stream, sock, pool, limits)
+    conn = UpstreamConnection(key, stream, sock, pool, limits)
+    conn.peer = peer
+    return conn
 
 
 class UpstreamPool:

@@ -3,9 +3,9 @@
 import pytest
 
 from gateway._match import (
-    HttpMatchConfig, MatchCompileError, RouteRequest, StringMatcher, header_condition, literal_prefix,
-    parse_query, query_condition, regex_fullmatch,
+    HttpMatchConfig, MatchCompileError, RouteRequest, StringMatcher, header_condition, parse_query, query_condition,
 )
+from gateway._regex import literal_prefix, regex_fullmatch
 from topology import HTTPMatchRequest, StringMatch
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway._actions import HeaderOps, HeaderStage, RedirectAction, RewriteConfig
+from gateway._actions import RedirectAction, RewriteConfig
+from gateway._headerops import HeaderOps, HeaderStage
 from gateway._match import RouteRequest
 from gateway._routing import ClientWorkload, RouteCompileError, RouteDecision, RouteTable
 from topology import Service, ServicePort, build_registry, load_paths, load_text

@@ -89,7 +89,11 @@ class _H2Connection:
                     await self.stream.aclose()
 
     async def _read(self, data: bytes, nursery: trio.Nursery) -> None:
-        while data:
+        while True:
+            if not data:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return  # the peer closed
             try:
                 events = self.conn.receive_data(data)
             except ProtocolError:
@@ -104,7 +108,7 @@ class _H2Connection:
                     await self.flush()
                     return
             await self.flush()
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            data = b""
 
     def _dispatch(self, event: h2e.Event, nursery: trio.Nursery) -> bool:
         """Apply one h2 event; False once the connection is over."""

@@ -248,7 +248,8 @@ class HttpServer:
 
     async def _send_raw_101(self, stream: trio.SocketStream, conn: h11.Connection) -> None:
         data = conn.send(h11.InformationalResponse(
-            status_code=101, headers=[(b"connection", b"Upgrade"), (b"upgrade", b"h2c")]))
+            status_code=101, headers=[(b"connection", b"Upgrade"), (b"upgrade", b"h2c")],
+            reason=b"Switching Protocols"))
         await stream.send_all(data)
 
     async def _send_h1(self, stream: trio.SocketStream, conn: h11.Connection, response: Response,

@@ -1,0 +1,238 @@
+"""The admin listener (:15000): ``/ready``, ``/config_dump``, ``/clusters``, ``/metrics``.
+
+Shapes follow Envoy's admin so that habits carry over: ``/ready`` answers ``LIVE`` (200)
+once the listeners are bound and a config is applied, ``PRE_INITIALIZING`` (503) before;
+``/clusters`` prints ``<cluster>::<host>::<stat>::<value>`` lines (``?format=json`` for
+JSON); ``/config_dump`` is the compiled snapshot as JSON - file names of certificates
+and keys, the SPIFFE ID and expiry, never key material; ``/metrics`` is the
+prometheus-client registry of the proxy in the text format.
+
+``RequestMetrics`` is the minimal telemetry of this issue: ``istio_requests_total`` and
+``istio_tcp_connections_opened_total`` with Istio's label names (plus source_cluster and
+destination_cluster), one labelled child per distinct label set, looked up in a dict so
+a request costs one tuple and one increment.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ._events import Request
+from ._exchange import Downstream, serve_http1
+from ._http1_state import Http1State
+
+if TYPE_CHECKING:
+    import trio
+
+    from ._proxy import Proxy
+    from ._snapshot import ClusterConfig, Snapshot
+
+ISTIO_LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",
+    "source_version", "source_cluster", "destination_workload", "destination_workload_namespace",
+    "destination_principal", "destination_app", "destination_version", "destination_service",
+    "destination_service_name", "destination_service_namespace", "destination_cluster", "request_protocol",
+    "response_code", "response_flags", "connection_security_policy",
+)
+
+
+class RequestMetrics:
+    """Istio's request and TCP connection counters in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("istio_requests_total", "Requests handled, by Istio's standard labels.",
+                                ISTIO_LABELS, registry=registry)
+        self.tcp_opened = Counter("istio_tcp_connections_opened_total", "TCP connections opened.",
+                                  ISTIO_LABELS, registry=registry)
+        self._children: dict[tuple, Any] = {}
+
+    def inc(self, key: tuple, labels: Any) -> None:
+        """Count one request; ``labels()`` builds the label values the first time ``key`` is seen."""
+        child = self._children.get(key)
+        if child is None:
+            metric = self.tcp_opened if key[0] == "tcp" else self.requests
+            child = self._children[key] = metric.labels(*labels())
+        child.inc()
+
+
+def _service_parts(fqdn: str) -> tuple[str, str]:
+    parts = fqdn.split(".")
+    return parts[0], (parts[1] if len(parts) > 2 and parts[2] == "svc" else "unknown")
+
+
+def outbound_labels(snap: Snapshot, own_id: str, cluster: ClusterConfig | None, target: Any, peer: str,
+                    status: int, flags: str, protocol: str) -> tuple[str, ...]:
+    node = snap.config.spec.node
+    if cluster is not None:
+        name, ns = _service_parts(cluster.fqdn)
+        service = cluster.fqdn
+    else:
+        name = ns = service = "unknown"
+    ep = target.endpoint if target is not None else None
+    labels = ep.labels if ep is not None else {}
+    return ("source", node.workload, node.namespace, own_id or "unknown", node.labels.get("app", "unknown"),
+            node.labels.get("version", "unknown"), node.cluster,
+            (ep.instance.rsplit("-", 1)[0] if ep is not None and ep.instance else labels.get("app", "unknown")),
+            ns, peer or "unknown", labels.get("app", "unknown"), labels.get("version", "unknown"), service, name,
+            ns, (ep.cluster or "unknown") if ep is not None else "unknown", protocol, str(status), flags, "unknown")
+
+
+def inbound_labels(snap: Snapshot, own_id: str, peer: str | None, port: int, status: int, flags: str,
+                   protocol: str) -> tuple[str, ...]:
+    node = snap.config.spec.node
+    peer_ns = "unknown"
+    if peer and "/ns/" in peer:
+        peer_ns = peer.split("/ns/", 1)[1].split("/", 1)[0]
+    service = "unknown"
+    for (fqdn, _), target in snap.inbound.service_ports.items():
+        if target == port:
+            service = fqdn
+            break
+    name, ns = _service_parts(service) if service != "unknown" else ("unknown", node.namespace)
+    return ("destination", "unknown", peer_ns, peer or "unknown", "unknown", "unknown", "unknown",
+            node.workload, node.namespace, own_id or "unknown", node.labels.get("app", "unknown"),
+            node.labels.get("version", "unknown"), service, name, ns, node.cluster, protocol, str(status), flags,
+            "mutual_tls" if peer else "none")
+
+
+# -- dumps ----------------------------------------------------------------------------
+
+def config_dump(proxy: Proxy) -> dict[str, Any]:
+    snap = proxy.snapshot
+    spec = snap.config.spec
+    tls: dict[str, Any] | None = None
+    if spec.tls is not None:
+        tls = {"cert": spec.tls.cert, "key": spec.tls.key, "chain": spec.tls.chain,
+               "bundles": dict(spec.tls.bundles), "private_key": "[redacted]"}
+        if snap.tls is not None:
+            tls["spiffe_id"] = str(snap.tls.svid.spiffe_id)
+            tls["not_after"] = snap.tls.svid.not_after.isoformat()
+            tls["trust_domains"] = [td.name for td in snap.tls.bundles.trust_domains]
+    routes = {}
+    for port in snap.routes.ports:
+        routes[str(port)] = [
+            {"name": vh.name, "domains": list(vh.domains),
+             "routes": [{"name": r.name, "source": r.source, "match": str(r.match), "action": _action(r.action)}
+                        for r in vh.routes]}
+            for vh in snap.routes.virtual_hosts(port)]
+    inbound = snap.inbound
+    return {
+        "version": snap.version,
+        "file": snap.config.file,
+        "node": {"cluster": spec.node.cluster, "namespace": spec.node.namespace, "workload": spec.node.workload,
+                 "labels": dict(spec.node.labels), "trust_domain": spec.node.trust_domain},
+        "listeners": {k: f"{h}:{p}" for k, (h, p) in proxy.addresses.items()},
+        "tls": tls,
+        "routes": routes,
+        "clusters": [_cluster(c) for c in snap.clusters.values()],
+        "inbound": {
+            "app": {"address": inbound.app_address, "ports": {str(p): v for p, v in inbound.app_ports.items()}},
+            "peer_authentication": {"default": inbound.peer_auth.default.why,
+                                    "ports": {str(p): d.why for p, d in inbound.peer_auth.ports.items()}},
+            "authorization_policies": list(inbound.authorizer.policies),
+        },
+        "warnings": list(snap.warnings),
+        "applied": proxy.applied,
+        "refused": proxy.refused,
+    }
+
+
+def _action(action: Any) -> Any:
+    if action.kind == "forward":
+        return {"forward": [{"cluster": d.cluster, "weight": d.weight} for d in action.destinations.destinations]}
+    if action.kind == "redirect":
+        return {"redirect": action.status}
+    return {"direct_response": action.status}
+
+
+def _cluster(c: ClusterConfig) -> dict[str, Any]:
+    cfg = c.breaker.config
+    return {
+        "name": c.name, "protocol": c.protocol, "sni": c.sni, "destination_rule": c.destination_rule,
+        "load_balancer": repr(c.balancer) if c.balancer is not None else None,
+        "circuit_breaker": {"max_connections": cfg.max_connections, "max_pending_requests": cfg.max_pending_requests,
+                            "max_requests": cfg.max_requests, "max_retries": cfg.max_retries},
+        "connect_timeout": c.timeouts.connect_timeout, "idle_timeout": c.timeouts.idle_timeout,
+        "endpoints": [{"address": h.key, "via": h.endpoint.authority, "tls": h.endpoint.tls, "weight": h.weight,
+                       "locality": h.locality, "healthy": h.endpoint.endpoint.healthy} for h in c.hosts],
+    }
+
+
+def clusters_json(proxy: Proxy) -> dict[str, Any]:
+    out = []
+    for c in proxy.snapshot.clusters.values():
+        hosts = []
+        for h in c.hosts:
+            t = h.endpoint
+            pool = proxy.pool.stats.get(t.pool_key)
+            hosts.append({"address": h.key, "via": t.authority, "healthy": t.endpoint.healthy, "weight": h.weight,
+                          "locality": h.locality, "stats": {**t.stats.as_dict(),
+                                                            "cx_active": pool.cx_active if pool else 0,
+                                                            "cx_total": pool.cx_total if pool else 0}})
+        out.append({"name": c.name, "hosts": hosts})
+    return {"cluster_statuses": out}
+
+
+def clusters_text(proxy: Proxy) -> str:
+    lines = []
+    for c in proxy.snapshot.clusters.values():
+        cfg = c.breaker.config
+        for key, value in (("max_connections", cfg.max_connections), ("max_pending_requests",
+                           cfg.max_pending_requests), ("max_requests", cfg.max_requests),
+                           ("max_retries", cfg.max_retries)):
+            lines.append(f"{c.name}::default_priority::{key}::{value}")
+        for h in c.hosts:
+            t = h.endpoint
+            pool = proxy.pool.stats.get(t.pool_key)
+            stats = {"cx_active": pool.cx_active if pool else 0, "cx_total": pool.cx_total if pool else 0,
+                     **t.stats.as_dict()}
+            for key, value in stats.items():
+                lines.append(f"{c.name}::{h.key}::{key}::{value}")
+            lines.append(f"{c.name}::{h.key}::weight::{h.weight}")
+            lines.append(f"{c.name}::{h.key}::locality::{h.locality}")
+            lines.append(f"{c.name}::{h.key}::health_flags::"
+                         f"{'healthy' if t.endpoint.healthy else '/failed_eds_health'}")
+    return "\n".join(lines) + "\n"
+
+
+class AdminServer:
+    """The admin listener's connection handler."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        down = Downstream(stream, self.proxy.snapshot.limits)
+        await serve_http1(down, self.handle, 60.0)
+
+    async def handle(self, down: Downstream, req: Request) -> bool:
+        path, _, query = req.target.partition(b"?")
+        proxy = self.proxy
+        close = down.codec.their_state is not Http1State.DONE
+        if req.method not in (b"GET", b"HEAD"):
+            await down.reply(405, b"method not allowed\n", close=close)
+            return True
+        if path == b"/ready":
+            if proxy.ready:
+                await down.reply(200, b"LIVE\n", close=close)
+            else:
+                await down.reply(503, b"PRE_INITIALIZING\n", close=close)
+        elif path == b"/config_dump":
+            body = json.dumps(config_dump(proxy), indent=2, sort_keys=False).encode() + b"\n"
+            await down.reply(200, body, [(b"content-type", b"application/json")], close=close)
+        elif path == b"/clusters":
+            if b"format=json" in query:
+                body = json.dumps(clusters_json(proxy), indent=2).encode() + b"\n"
+                await down.reply(200, body, [(b"content-type", b"application/json")], close=close)
+            else:
+                await down.reply(200, clusters_text(proxy).encode(), close=close)
+        elif path in (b"/metrics", b"/stats/prometheus"):
+            await down.reply(200, generate_latest(proxy.registry),
+                             [(b"content-type", CONTENT_TYPE_LATEST.encode())], close=close)
+        else:
+            await down.reply(404, b"not found: try /ready, /config_dump, /clusters, /metrics\n", close=close)
+        return True

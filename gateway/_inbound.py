@@ -1,0 +1,276 @@
+"""The sidecar's inbound side (:15006): mTLS terminated, callers authorized, the app called.
+
+Per connection, in order:
+
+1. **TLS or not** - the first byte of a TLS connection is a handshake record (0x16);
+   anything else is plaintext (Istio's PERMISSIVE detection, done the same way).
+2. **Which app port** - a mesh caller's SNI is ``outbound_.<port>_.<subset>_.<fqdn>``
+   (read from the ClientHello before the handshake), its service port mapped to the
+   app's target port; without one, the app's only port, else (HTTP) the Host header's.
+3. **PeerAuthentication** for that port: STRICT refuses plaintext, DISABLE refuses TLS
+   (mesh callers then need a DestinationRule with ``tls.mode: DISABLE``, as in Istio),
+   PERMISSIVE takes both. A refused connection is closed without a byte.
+4. **Handshake** with ``MtlsContexts``: the caller's SPIFFE ID is verified against the
+   bundle of its trust domain; the peer certificate is read once for XFCC.
+5. **Per request** (HTTP ports): AuthorizationPolicy (403 ``RBAC: access denied`` on
+   deny), ``x-forwarded-client-cert`` replaced by ours (Envoy's SANITIZE_SET), then the
+   request goes to the app over a pooled plain HTTP/1.1 connection. **TCP ports** (and,
+   until HTTP/2 lands here, http2/grpc ports, spoken to the app as h2c): one TCP-level
+   authorization check, then a splice to the app.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from trustdomain import TrustDomainError
+
+from ._authz import DENIED_BODY, DENIED_STATUS
+from ._authz_match import AuthzRequest
+from ._events import InformationalResponse, Request
+from ._http1_state import Http1State
+from ._exchange import (RECV_SIZE, Downstream, DownstreamGone, Exchange, ResponseAborted, forward, request_headers,
+                        serve_http1)
+from ._outbound import close_gracefully, split_authority
+from ._rescue import ProxyError, rescue
+from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_client_hello, parse_outbound_sni
+from ._tcpsplice import splice
+from ._upstream import open_connection
+from ._xfcc import XFCC_HEADER, PeerCertificate
+
+if TYPE_CHECKING:
+    from ._proxy import Proxy
+    from ._snapshot import InboundConfig, Snapshot
+
+log = logging.getLogger("meshfed.gateway.inbound")
+
+DETECT_TIMEOUT = 10.0
+"""Seconds a new connection may take to send its first bytes (and a whole ClientHello)."""
+HANDSHAKE_TIMEOUT = 10.0
+_CONTINUE = InformationalResponse(100)
+_STREAMING_PROTOCOLS = frozenset({"tcp", "http2", "grpc"})
+_DONE = Http1State.DONE
+
+
+class PrefixedStream(trio.abc.Stream):
+    """A stream whose first bytes were already read (to look at them): they come first again."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.transport_stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        prefix = self._prefix
+        if prefix:
+            await trio.lowlevel.checkpoint()
+            if max_bytes is None or max_bytes >= len(prefix):
+                self._prefix = b""
+                return prefix
+            self._prefix = prefix[max_bytes:]
+            return prefix[:max_bytes]
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+
+@dataclass(slots=True)
+class Caller:
+    """What is known of one inbound connection, for every request on it."""
+
+    source_ip: str
+    local_ip: str
+    port: int | None
+    """App port; None until a plaintext HTTP request names it."""
+    sni: str = ""
+    peer: str | None = None
+    """Verified SPIFFE ID of an mTLS caller."""
+    xfcc: bytes | None = None
+    """Our XFCC element for this caller, built once."""
+
+
+class InboundListener:
+    """The :15006 connection handler."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        snap = self.proxy.snapshot
+        inbound = snap.inbound
+        try:
+            source = stream.socket.getpeername()[0]
+            local = stream.socket.getsockname()[0]
+        except OSError:
+            return
+        hello: str | None | object = NOT_TLS
+        data = b""
+        with trio.move_on_after(DETECT_TIMEOUT):
+            data = await stream.receive_some(RECV_SIZE)
+            if data and data[0] == TLS_HANDSHAKE:
+                while (hello := parse_client_hello(data)) is NEED_DATA:
+                    more = await stream.receive_some(RECV_SIZE)
+                    if not more:
+                        return
+                    data += more
+        if not data or hello is NEED_DATA:
+            return
+        if data[0] == TLS_HANDSHAKE:
+            if hello is NOT_TLS:
+                log.info("inbound from %s: not a TLS ClientHello; closed", source)
+                return
+            await self._tls(stream, data, hello, snap, Caller(source, local, None))  # type: ignore[arg-type]
+        else:
+            await self._plaintext(stream, data, snap, Caller(source, local, inbound.only_port))
+
+    async def _tls(self, stream: trio.SocketStream, hello_bytes: bytes, sni: str | None, snap: Snapshot,
+                   caller: Caller) -> None:
+        inbound = snap.inbound
+        parsed = parse_outbound_sni(sni) if sni else None
+        caller.sni = sni or ""
+        caller.port = inbound.port_for(parsed.fqdn, parsed.port) if parsed else inbound.only_port
+        decision = inbound.peer_auth.mode_for(caller.port) if caller.port else inbound.peer_auth.default
+        if not decision.accepts_mtls:
+            log.info("inbound TLS from %s refused: %s", caller.source_ip, decision.why)
+            return
+        mtls = self.proxy.server_mtls
+        if mtls is None:
+            log.warning("inbound TLS from %s refused: this proxy has no certificate (spec.tls)", caller.source_ip)
+            return
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                tls, peer = await mtls.accept(PrefixedStream(stream, hello_bytes))
+        except (TrustDomainError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.info("inbound TLS from %s failed: %s", caller.source_ip, exc)
+            return
+        caller.peer = str(peer.spiffe_id)
+        if inbound.xfcc is not None:
+            der = tls.getpeercert(binary_form=True)
+            element = inbound.xfcc.element(PeerCertificate.from_der(der)) if der else None
+            caller.xfcc = element.encode("latin-1") if element is not None else None
+        try:
+            await self._serve(tls, b"", snap, caller)
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                try:
+                    await tls.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    async def _plaintext(self, stream: trio.SocketStream, first: bytes, snap: Snapshot, caller: Caller) -> None:
+        pa = snap.inbound.peer_auth
+        if caller.port is not None:
+            decision = pa.mode_for(caller.port)
+            if not decision.accepts_plaintext:
+                log.info("inbound plaintext from %s refused: %s", caller.source_ip, decision.why)
+                return
+        elif not any(pa.mode_for(p).accepts_plaintext for p in snap.inbound.app_ports):
+            log.info("inbound plaintext from %s refused: %s", caller.source_ip, pa.default.why)
+            return
+        await self._serve(stream, first, snap, caller)
+
+    async def _serve(self, stream: trio.abc.Stream, first: bytes, snap: Snapshot, caller: Caller) -> None:
+        inbound = snap.inbound
+        protocol = inbound.app_ports.get(caller.port) if caller.port is not None else None
+        if protocol in _STREAMING_PROTOCOLS:
+            await self._splice(stream, first, snap, caller)
+            return
+        down = Downstream(stream, snap.limits, (caller.source_ip, 0), preread=first)
+        idle = snap.limits.idle_timeout
+
+        async def handle(down: Downstream, req: Request) -> bool:
+            return await self.handle(down, req, caller)
+
+        await serve_http1(down, handle, idle.seconds if idle is not None else None)
+
+    async def _splice(self, stream: trio.abc.Stream, first: bytes, snap: Snapshot, caller: Caller) -> None:
+        inbound = snap.inbound
+        port = caller.port
+        assert port is not None
+        started = trio.current_time()
+        if inbound.has_authz:
+            d = inbound.authorizer.check(AuthzRequest(caller.source_ip, port, caller.peer, caller.local_ip,
+                                                      caller.sni, tcp=True))
+            if not d.allowed:
+                log.info("inbound TCP from %s to port %d denied: %s", caller.peer or caller.source_ip, port, d.reason)
+                self.proxy.record_inbound(caller, port, 0, "-", started, protocol="tcp")
+                return
+        try:
+            app = await open_connection((inbound.app_address, port, "", ""), None,
+                                        self.proxy.app_connect_timeout)
+        except ProxyError as exc:
+            log.info("inbound TCP to app port %d: %s", port, exc)
+            self.proxy.record_inbound(caller, port, 0, rescue(exc).flags, started, protocol="tcp")
+            return
+        try:
+            await splice(stream, app.stream, a_prefix=first)
+        finally:
+            await close_gracefully(app)
+        self.proxy.record_inbound(caller, port, 0, "-", started, protocol="tcp")
+
+    async def handle(self, down: Downstream, req: Request, caller: Caller) -> bool:
+        snap = self.proxy.snapshot
+        inbound: InboundConfig = snap.inbound
+        started = trio.current_time()
+        host = b""
+        for name, value in req.headers:
+            if name == b"host":
+                host = value
+                break
+        port = caller.port
+        if port is None:
+            port = split_authority(host)[1] if host else 0
+            if port not in inbound.app_ports:
+                await down.reply(404, b"", close=True)
+                return False
+            if not inbound.peer_auth.mode_for(port).accepts_plaintext:
+                return False
+            caller.port = port
+        state = Exchange()
+        try:
+            if inbound.has_authz:
+                path = req.target.partition(b"?")[0]
+                d = inbound.authorizer.check(AuthzRequest(
+                    caller.source_ip, port, caller.peer, caller.local_ip, caller.sni, False,
+                    req.method.decode("latin-1"), path.decode("latin-1"), host.decode("latin-1"), req.headers))
+                if not d.allowed:
+                    log.debug("inbound %s %s denied: %s", req.method, req.target[:200], d.reason)
+                    self.proxy.record_inbound(caller, port, DENIED_STATUS, "-", started)
+                    await down.reply(DENIED_STATUS, DENIED_BODY, close=down.codec.their_state is not _DONE)
+                    return True
+            if down.codec.they_are_waiting_for_100_continue:
+                await down.send_bytes(down.codec.send(_CONTINUE))
+            headers, has_body = request_headers(req.headers, host)
+            if caller.xfcc is not None or any(n == XFCC_HEADER for n, _ in headers):
+                headers = [h for h in headers if h[0] != XFCC_HEADER]
+                if caller.xfcc is not None:
+                    headers.append((XFCC_HEADER, caller.xfcc))
+            head = Request(req.method, req.target, headers)
+            await forward(down, head, has_body, self.proxy.pool, (inbound.app_address, port, "", ""),
+                          self.proxy.app_connect_timeout, state=state)
+        except ProxyError as exc:
+            reply = rescue(exc)
+            self.proxy.record_inbound(caller, port, reply.status, reply.flags, started)
+            log.debug("inbound %s %s: %s", req.method, req.target[:200], exc)
+            try:
+                return await down.rescue(reply)
+            except DownstreamGone:
+                return False
+        except (ResponseAborted, DownstreamGone) as exc:
+            log.debug("inbound %s %s: %s", req.method, req.target[:200], exc)
+            self.proxy.record_inbound(caller, port, state.status or 503, "UC", started)
+            return False
+        self.proxy.record_inbound(caller, port, state.status, "-", started)
+        return True
+
