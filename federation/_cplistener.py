@@ -105,9 +105,11 @@ class OptionalClientAuth:
     async def accept(self, transport: trio.abc.Stream) -> tuple[trio.SSLStream, PeerIdentity | None]:
         stream = trio.SSLStream(transport, self.context(), server_side=True)
         await stream.do_handshake()
-        chain = sent_chain(stream)
-        if not chain:
+        leaf = stream.getpeercert(binary_form=True)
+        if not leaf:
             return stream, None
+        sent = [c for c in sent_chain(stream) if c]  # the server side's chain may lack the leaf
+        chain = sent if sent and sent[0] == leaf else [leaf, *(c for c in sent if c != leaf)]
         bundles = self.contexts.bundles
         spiffe_id = verify_peer(chain, bundles, self.clock(), PeerRole.CLIENT)
         return stream, PeerIdentity(spiffe_id, bundles.canonical(spiffe_id.trust_domain),

@@ -39,7 +39,7 @@ import dns.rrset
 
 from topology import ServiceRegistry
 
-from ._dns_table import DnsTable
+from ._dns_table import DnsTable, make_rrset
 
 DEFAULT_MAX_UDP = 1232
 """Largest UDP response the server sends and advertises in EDNS (DNS Flag Day 2020's
@@ -52,6 +52,7 @@ MAX_TCP = 65535
 _HEADER = 12
 _QR, _OPCODE_MASK, _RD = 0x8000, 0x7800, 0x0100
 _META = frozenset({dns.rdatatype.OPT, dns.rdatatype.TSIG, dns.rdatatype.TKEY})
+_MIN_RECORD = 14  # a compressed owner (2), type, class, TTL, length (10), two octets of data at least
 _TRANSFER = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
 
 
@@ -143,31 +144,31 @@ def _fill(response: dns.message.Message, question: dns.rrset.RRset, table: DnsTa
     if node is None:
         response.set_rcode(dns.rcode.NXDOMAIN)
     else:
-        types = list(node.records) if qtype == dns.rdatatype.ANY else [qtype]
-        for rdtype in types:
-            rdatas = node.records.get(rdtype)
-            if rdatas:
-                response.answer.append(_rrset(question.name, table.ttl, rdatas))
+        for rdtype in node.types() if qtype == dns.rdatatype.ANY else (qtype,):
+            rrset = node.rrset(question.name, rdtype)
+            if rrset is not None:
+                response.answer.append(rrset)
         if response.answer:
             if any(rrset.rdtype == dns.rdatatype.SRV for rrset in response.answer):
-                response.additional.extend(_rrset(name, table.ttl, rdatas) for name, _, rdatas in node.glue)
+                response.additional.extend(node.glue())
             return
     if zone is not None:  # NXDOMAIN or NODATA: the SOA tells resolvers how long to remember it
-        response.authority.append(_rrset(zone, table.ttl, (table.soa(zone),)))
-
-
-def _rrset(name: dns.name.Name, ttl: int, rdatas: tuple) -> dns.rrset.RRset:
-    rrset = dns.rrset.RRset(name, rdatas[0].rdclass, rdatas[0].rdtype)
-    rrset.update_ttl(ttl)
-    for rd in rdatas:
-        rrset.add(rd)
-    return rrset
+        response.authority.append(make_rrset(zone, table.ttl, (table.soa(zone),)))
 
 
 def _render(response: dns.message.Message, limit: int, tcp: bool) -> bytes:
-    wire = response.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
-    if not tcp or not wire[2] & (dns.flags.TC >> 8) or not response.answer:
-        return wire
+    records = sum(len(rrset) for rrset in response.answer)
+    if records * _MIN_RECORD + 512 <= limit:  # fits whatever the names: render once
+        return response.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
+    if not tcp:
+        # Surely too big (a record takes at least _MIN_RECORD octets): TC at once, rather
+        # than render thousands of records to find out.
+        if records * _MIN_RECORD > limit:
+            response.answer.clear()
+            response.authority.clear()
+            response.additional.clear()
+            response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
     # Over TCP there is no retry to fall back to: keep a prefix of the largest record set
     # (the answering cluster's endpoints come first) and shrink it until the message fits.
     response.additional.clear()
@@ -175,9 +176,9 @@ def _render(response: dns.message.Message, limit: int, tcp: bool) -> bytes:
     big = response.answer[i]
     rdatas = tuple(big)
     per_record = len(rdatas[0].to_wire()) + 12  # compressed owner, type, class, TTL, length
-    keep = min(len(rdatas) - 1, (limit - 1024) // per_record)
+    keep = min(len(rdatas), (limit - 1024) // per_record)
     for _ in range(32):  # bounded; each round keeps 9/10 of the last
-        response.answer[i] = _rrset(big.name, big.ttl, rdatas[:max(keep, 1)])
+        response.answer[i] = make_rrset(big.name, big.ttl, rdatas[:max(keep, 1)])
         wire = response.to_wire(max_size=limit, prefer_truncation=True, want_shuffle=False)
         if not wire[2] & (dns.flags.TC >> 8) or keep <= 1:
             break

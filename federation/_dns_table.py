@@ -54,6 +54,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
+import dns.rrset
 from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
@@ -78,7 +79,6 @@ _REVERSE = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa.")
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 
 Rdatas = tuple[dns.rdata.Rdata, ...]
-Glue = tuple[tuple[dns.name.Name, Rdatas], ...]
 Key = tuple[str, ...]
 """Labels in front of a service name: ``()`` the service, ``("_http", "_tcp")``, ``("reviews-v1-0",)``."""
 
@@ -94,6 +94,14 @@ def address_record(address: str) -> dns.rdata.Rdata | None:
     return A(IN, dns.rdatatype.A, str(ip)) if ip.version == 4 else AAAA(IN, dns.rdatatype.AAAA, str(ip))
 
 
+def make_rrset(name: dns.name.Name, ttl: int, rdatas: Rdatas) -> dns.rrset.RRset:
+    rrset = dns.rrset.RRset(name, rdatas[0].rdclass, rdatas[0].rdtype)
+    rrset.update_ttl(ttl)
+    for rd in rdatas:
+        rrset.add(rd)
+    return rrset
+
+
 def _by_type(addresses: Iterable[str]) -> dict[int, Rdatas]:
     out: dict[int, list[dns.rdata.Rdata]] = {}
     for address in dict.fromkeys(addresses):
@@ -106,22 +114,24 @@ def _by_type(addresses: Iterable[str]) -> dict[int, Rdatas]:
 class Node:
     """The records at one owner name; a name with none exists without data (NODATA)."""
 
-    __slots__ = ("_records", "_glue")
+    __slots__ = ("_records", "_ttl")
 
-    def __init__(self, records: Mapping[int, Rdatas] | None = None, glue: Glue = ()) -> None:
+    def __init__(self, records: Mapping[int, Rdatas] | None = None, ttl: int = DEFAULT_TTL) -> None:
         self._records = dict(records or {})
-        self._glue = glue
+        self._ttl = ttl
 
     def types(self) -> tuple[int, ...]:
         """Record types present, for ANY."""
         return tuple(self._records)
 
-    def get(self, rdtype: int) -> Rdatas:
-        return self._records.get(rdtype, ())
+    def rrset(self, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+        """The records of ``rdtype`` named ``owner`` (the name as asked), or None."""
+        rdatas = self._records.get(rdtype)
+        return make_rrset(owner, self._ttl, rdatas) if rdatas else None
 
-    def glue(self) -> Glue:
+    def glue(self) -> tuple[dns.rrset.RRset, ...]:
         """Addresses of the SRV targets, for the additional section."""
-        return self._glue
+        return ()
 
 
 EMPTY = Node()
@@ -140,12 +150,10 @@ class _ServiceNode(Node):
         found = tuple(self._view.addresses(self._key))
         return found + (dns.rdatatype.SRV,) if self._view.srv(self._key)[0] else found
 
-    def get(self, rdtype: int) -> Rdatas:
-        if rdtype in _ADDRESS_TYPES:
-            return self._view.addresses(self._key).get(rdtype, ())
-        return self._view.srv(self._key)[0] if rdtype == dns.rdatatype.SRV else ()
+    def rrset(self, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+        return self._view.rrset(self._key, owner, rdtype)
 
-    def glue(self) -> Glue:
+    def glue(self) -> tuple[dns.rrset.RRset, ...]:
         return self._view.srv(self._key)[1]
 
 
@@ -156,10 +164,13 @@ class _View:
     name is first asked for, so a service of 10,000 endpoints costs its records once.
     """
 
-    __slots__ = ("service", "ordered", "_name", "_below", "_ports", "_empty", "_key_of", "_addresses", "_srv")
+    __slots__ = ("service", "ordered", "_cluster", "_ttl", "_name", "_below", "_ports", "_empty", "_key_of",
+                 "_addresses", "_srv", "_rrsets")
 
-    def __init__(self, service: Service, zone: dns.name.Name, clusterset: bool, cluster: str, domain: str) -> None:
+    def __init__(self, service: Service, zone: dns.name.Name, clusterset: bool, cluster: str, domain: str,
+                 ttl: int) -> None:
         self.service = service
+        self._ttl = ttl
         self._name = dns.name.from_text(service.hostname.name.removesuffix("." + domain), zone)
         eps = [e for e in service.endpoints if address_record(e.address) is not None]
         # A hostname must identify one address in the service (per cluster in clusterset.local).
@@ -187,11 +198,16 @@ class _View:
                 proto = "_udp" if p.protocol == "UDP" else "_tcp"
                 self._ports[("_" + p.name.lower(), proto)] = p
                 self._empty.add((proto,))
-        healthy = [e for e in eps if e.healthy]
-        self.ordered = sorted(healthy, key=lambda e: e.cluster != cluster) if cluster else healthy
+        self._cluster = cluster
+        self.ordered = self._order(eps)
         """Healthy endpoints with an address, the answering cluster's first."""
         self._addresses: dict[Key, dict[int, Rdatas]] = {}
-        self._srv: dict[Key, tuple[Rdatas, Glue]] = {}
+        self._srv: dict[Key, tuple[Rdatas, tuple[dns.rrset.RRset, ...]]] = {}
+        self._rrsets: dict[tuple[Key, dns.name.Name, int], dns.rrset.RRset | None] = {}
+
+    def _order(self, eps: Iterable[Endpoint]) -> list[Endpoint]:
+        healthy = [e for e in eps if e.healthy]
+        return sorted(healthy, key=lambda e: e.cluster != self._cluster) if self._cluster else healthy
 
     def node(self, key: Key) -> Node | None:
         if not key or key in self._below or key in self._ports:
@@ -209,15 +225,22 @@ class _View:
     def addresses(self, key: Key) -> dict[int, Rdatas]:
         found = self._addresses.get(key)
         if found is None:
-            if key and key not in self._below:
-                found = {}
-            else:
-                eps = self.ordered if not key else [e for e in self.ordered if e in self._below[key]]
-                found = _by_type(e.address for e in eps)
-            self._addresses[key] = found
+            eps = self.ordered if not key else self._order(self._below.get(key, ()))
+            found = self._addresses[key] = _by_type(e.address for e in eps)
         return found
 
-    def srv(self, key: Key) -> tuple[Rdatas, Glue]:
+    def rrset(self, key: Key, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+        """Kept, because building a set of thousands of records costs more than sending it."""
+        cache_key = (key, owner, rdtype)
+        if cache_key not in self._rrsets:
+            if rdtype in _ADDRESS_TYPES:
+                rdatas = self.addresses(key).get(rdtype, ())
+            else:
+                rdatas = self.srv(key)[0] if rdtype == dns.rdatatype.SRV else ()
+            self._rrsets[cache_key] = make_rrset(owner, self._ttl, rdatas) if rdatas else None
+        return self._rrsets[cache_key]
+
+    def srv(self, key: Key) -> tuple[Rdatas, tuple[dns.rrset.RRset, ...]]:
         found = self._srv.get(key)
         if found is None:
             ports = list(self._ports.values()) if not key else [self._ports[key]] if key in self._ports else []
@@ -231,7 +254,7 @@ class _View:
                     weight = max(1, min(65535, round(100 * e.weight / total)))  # the endpoint's share, in percent
                     records.append(SRV(IN, dns.rdatatype.SRV, 0, weight, e.port, target))
                     glue.setdefault(target, []).append(e.address)
-            found = self._srv[key] = (tuple(records), tuple((t, rds) for t, addresses in glue.items()
+            found = self._srv[key] = (tuple(records), tuple(make_rrset(t, self._ttl, rds) for t, addresses in glue.items()
                                                            for rds in _by_type(addresses).values()))
         return found
 
@@ -301,9 +324,9 @@ class DnsTable:
         if labels is None:
             return None
         if not labels:
-            return Node({dns.rdatatype.SOA: (self.soa(zone),)})
+            return Node({dns.rdatatype.SOA: (self.soa(zone),)}, self.ttl)
         if labels == ("dns-version",):
-            return Node({dns.rdatatype.TXT: (TXT(IN, dns.rdatatype.TXT, [SCHEMA_VERSION]),)})
+            return Node({dns.rdatatype.TXT: (TXT(IN, dns.rdatatype.TXT, [SCHEMA_VERSION]),)}, self.ttl)
         clusterset = zone == self.clusterset_zone
         if len(labels) >= 3 and labels[-1] == "svc":
             svc = self._service(f"{labels[-3]}.{labels[-2]}.svc.{self.registry.domain}")
@@ -330,7 +353,7 @@ class DnsTable:
         view = self._views.get(key)
         if view is None:
             zone = self.clusterset_zone if clusterset else self.zone
-            view = self._views[key] = _View(svc, zone, clusterset, self.cluster, self.registry.domain)
+            view = self._views[key] = _View(svc, zone, clusterset, self.cluster, self.registry.domain, self.ttl)
         return view
 
     def _plain(self, svc: Service) -> Node:
@@ -338,7 +361,7 @@ class DnsTable:
         eps = [e for e in svc.endpoints if e.healthy]
         if self.cluster:
             eps.sort(key=lambda e: e.cluster != self.cluster)
-        return Node(_by_type(e.address for e in eps))
+        return Node(_by_type(e.address for e in eps), self.ttl)
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -359,6 +382,6 @@ class DnsTable:
                 if not svc.hostname.is_wildcard and split_service_fqdn(svc.hostname, self.registry.domain):
                     for name, e in self._view(svc, False).hosts():
                         names.setdefault(str(ipaddress.ip_address(e.address)), {})[name] = None
-            self._reverse = {a: Node({dns.rdatatype.PTR: tuple(PTR(IN, dns.rdatatype.PTR, n) for n in ns)})
+            self._reverse = {a: Node({dns.rdatatype.PTR: tuple(PTR(IN, dns.rdatatype.PTR, n) for n in ns)}, self.ttl)
                              for a, ns in names.items()}
         return self._reverse.get(ip)

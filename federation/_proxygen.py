@@ -135,6 +135,8 @@ class ProxyGenerator:
         self._prev_service_json = prev._service_json if prev is not None else {}
         self._service_json: dict[tuple[Service, str], bytes] = {}
         self._prev_resource_json = prev._resource_json if prev is not None else {}
+        if prev is not None and prev.registry is self.registry:  # only Istio resources changed
+            self._services = prev._services
         self._resource_json: dict[int, tuple[Resource, bytes]] = {}
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from ._errors import FederationError
 COMMAND_MODULES = (
     "federation._cli_validate",
     "federation._cli_ca",
+    "federation._cli_proxy",
 )
 
 

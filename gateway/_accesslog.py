@@ -106,6 +106,7 @@ def format_start_time(ts: float) -> str:
 
 
 _PREFIXES = tuple(("{" if i == 0 else ",") + json.dumps(k) + ":" for i, k in enumerate(KEYS))
+_FIRST, _REST = _PREFIXES[0], _PREFIXES[1:]
 
 
 def encode_entry(entry: AccessLogEntry) -> bytes:
@@ -113,10 +114,10 @@ def encode_entry(entry: AccessLogEntry) -> bytes:
     fast as ``json.dumps`` of a dict here, and the output is the same JSON."""
     parts: list[str] = []
     add = parts.append
-    values = _fields(entry)
-    add(_PREFIXES[0])
-    add(_quote(format_start_time(values[0])))
-    for prefix, value in zip(_PREFIXES[1:], values[1:]):
+    start, *values = _fields(entry)
+    add(_FIRST)
+    add(_quote(format_start_time(start)))
+    for prefix, value in zip(_REST, values):
         add(prefix)
         if value is None:
             add("null")
@@ -138,6 +139,7 @@ class AccessLog:
             raise ValueError("max_buffer_bytes and flush_bytes must be >= 1 and flush_interval > 0, got "
                              f"{max_buffer_bytes!r}, {flush_bytes!r}, {flush_interval!r}")
         self.sink = sink
+        self._owned = False  # opened by to_path: close() closes it
         self._text = isinstance(sink, io.TextIOBase)
         self.max_buffer_bytes, self.flush_bytes, self.flush_interval = max_buffer_bytes, flush_bytes, flush_interval
         self._buf: list[bytes] = []
@@ -153,9 +155,13 @@ class AccessLog:
         return cls(None)
 
     @classmethod
-    def to_path(cls, path: str, **kwargs: int | float) -> "AccessLog":
+    def to_path(cls, path: str, *, max_buffer_bytes: int = 1 << 20, flush_bytes: int = 64 << 10,
+                flush_interval: float = 0.1) -> "AccessLog":
         """Append to a file (``/dev/stdout`` works too), opened unbuffered in binary mode."""
-        return cls(open(path, "ab", buffering=0), **kwargs)  # noqa: SIM115 - owned by the AccessLog
+        log = cls(open(path, "ab", buffering=0), max_buffer_bytes=max_buffer_bytes,  # noqa: SIM115
+                  flush_bytes=flush_bytes, flush_interval=flush_interval)
+        log._owned = True
+        return log
 
     @property
     def enabled(self) -> bool:
@@ -187,7 +193,7 @@ class AccessLog:
     def _write(self, data: bytes) -> None:
         assert self.sink is not None
         if self._text:
-            self.sink.write(data.decode("utf-8"))  # type: ignore[arg-type]
+            self.sink.write(data.decode("utf-8"))  # type: ignore[call-overload]
         else:
             self.sink.write(data)  # type: ignore[arg-type]
         self.sink.flush()
@@ -215,6 +221,12 @@ class AccessLog:
         """Write what is buffered now, from the calling thread (shutdown outside trio, tests)."""
         if self.sink is not None and self._buf:
             self._write(self._take())
+
+    def close(self) -> None:
+        """Flush, and close the file if ``to_path`` opened it (a caller's file stays open)."""
+        self.flush()
+        if self._owned and self.sink is not None:
+            self.sink.close()
 
     def __repr__(self) -> str:
         where = "off" if self.sink is None else getattr(self.sink, "name", type(self.sink).__name__)

@@ -23,7 +23,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ._events import Request
 from ._exchange import Downstream, serve_http1
-from ._http1_state import Http1State
 
 if TYPE_CHECKING:
     import trio
@@ -212,7 +211,7 @@ class AdminServer:
     async def handle(self, down: Downstream, req: Request) -> bool:
         path, _, query = req.target.partition(b"?")
         proxy = self.proxy
-        close = down.codec.their_state is not Http1State.DONE
+        close = not down.request_complete()
         if req.method not in (b"GET", b"HEAD"):
             await down.reply(405, b"method not allowed\n", close=close)
             return True

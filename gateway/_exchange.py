@@ -127,14 +127,30 @@ class Downstream:
                     close: bool = False) -> None:
         await self.send_bytes(self.reply_bytes(status, body, headers, close))
 
+    def request_complete(self) -> bool:
+        """Consume what is left of the request in the codec's buffer (a local reply does
+        not read bodies); True when the request is complete, so the connection can go on."""
+        codec = self.codec
+        if codec.their_state is DONE:
+            return True
+        try:
+            self.buffered_body()
+        except (DownstreamGone, RemoteProtocolError):
+            return False
+        return codec.their_state is DONE
+
+    async def local_reply(self, status: int, body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
+                          close: bool = False) -> bool:
+        """Answer the current request locally; whether the connection may carry another."""
+        close = close or not self.request_complete()
+        await self.reply(status, body, headers, close=close)
+        return not close
+
     async def rescue(self, reply: LocalReply, close: bool = False) -> bool:
         """Send a rescue reply if a response can still be sent; whether the connection may continue."""
-        codec = self.codec
-        if codec.our_state not in (Http1State.IDLE, Http1State.SEND_RESPONSE):
+        if self.codec.our_state not in (Http1State.IDLE, Http1State.SEND_RESPONSE):
             return False
-        close = close or codec.their_state is not DONE
-        await self.reply(reply.status, reply.body, close=close)
-        return not close
+        return await self.local_reply(reply.status, reply.body, close=close)
 
     def can_continue(self) -> bool:
         """Both messages complete and keep-alive: start the next cycle (and say so)."""
@@ -218,14 +234,11 @@ async def forward(down: Downstream, head: Request, has_body: bool, pool: Upstrea
     # Connect before touching the body: a connect failure leaves the request intact for
     # the caller to try another host.
     conn, reused = await pool.acquire(key, connect_timeout)
-    chunks: list[Data] = []
-    end: EndOfMessage | None = END_OF_MESSAGE
-    if has_body:
-        try:
-            chunks, end = down.buffered_body()
-        except BaseException:
-            pool.release(conn, False)
-            raise
+    try:
+        chunks, end = down.buffered_body()
+    except BaseException:
+        pool.release(conn, False)
+        raise
     for attempt in (0, 1):
         state.peer = conn.peer
         try:

@@ -32,7 +32,6 @@ from trustdomain import TrustDomainError
 from ._authz import DENIED_BODY, DENIED_STATUS
 from ._authz_match import AuthzRequest
 from ._events import InformationalResponse, Request
-from ._http1_state import Http1State
 from ._exchange import (RECV_SIZE, Downstream, DownstreamGone, Exchange, ResponseAborted, forward, request_headers,
                         serve_http1)
 from ._outbound import close_gracefully, split_authority
@@ -53,7 +52,6 @@ DETECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 _CONTINUE = InformationalResponse(100)
 _STREAMING_PROTOCOLS = frozenset({"tcp", "http2", "grpc"})
-_DONE = Http1State.DONE
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -232,7 +230,7 @@ class InboundListener:
         if port is None:
             port = split_authority(host)[1] if host else 0
             if port not in inbound.app_ports:
-                await down.reply(404, b"", close=True)
+                await down.local_reply(404, b"", close=True)
                 return False
             if not inbound.peer_auth.mode_for(port).accepts_plaintext:
                 return False
@@ -247,8 +245,7 @@ class InboundListener:
                 if not d.allowed:
                     log.debug("inbound %s %s denied: %s", req.method, req.target[:200], d.reason)
                     self.proxy.record_inbound(caller, port, DENIED_STATUS, "-", started)
-                    await down.reply(DENIED_STATUS, DENIED_BODY, close=down.codec.their_state is not _DONE)
-                    return True
+                    return await down.local_reply(DENIED_STATUS, DENIED_BODY)
             if down.codec.they_are_waiting_for_100_continue:
                 await down.send_bytes(down.codec.send(_CONTINUE))
             headers, has_body = request_headers(req.headers, host)

@@ -122,8 +122,9 @@ class ProxyMetrics:
     """Every metric of one proxy, with its own ``CollectorRegistry`` (``registry``) and
     ``render()`` for the admin ``/metrics`` endpoint. Also an ``OutlierEventSink``."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        """Pass the proxy's own registry to scrape other collectors with these; never the global one."""
         self._http: dict[RequestLabels, HttpSeries] = {}
         self._tcp: dict[RequestLabels, TcpSeries] = {}
         self._stats = {d.name: StatFamily(d) for d in PROXY_METRICS}
@@ -224,12 +225,12 @@ class _Collector:
         yield requests
         yield from hists
         tcp = [CounterMetricFamily(n, h, labels=TCP_LABELS) for n, h in _TCP_COUNTERS]
-        for series in o._tcp.values():
-            static, policy = list(series.labels.values), series.labels.security_policy
-            for flags, cell in series._cells.items():
+        for conn in o._tcp.values():
+            static, policy = list(conn.labels.values), conn.labels.security_policy
+            for flags, counts in conn._cells.items():
                 values = static + ["tcp", flags, policy]
-                for fam, v in zip(tcp, cell):
-                    fam.add_metric(values, v)
+                for counter, v in zip(tcp, counts):
+                    counter.add_metric(values, v)
         yield from tcp
         for family in o._stats.values():
             yield family._family()
@@ -249,7 +250,8 @@ _TCP_COUNTERS = (  # in the order of a TcpSeries cell
 
 
 def _cumulative(slots: list[int]) -> list[tuple[str, float]]:
-    out, running = [], 0
+    out: list[tuple[str, float]] = []
+    running = 0
     for le, n in zip(_LE, slots):
         running += n
         out.append((le, running))

@@ -36,7 +36,6 @@ from ._events import InformationalResponse, Request, Response
 from ._actions import HeaderOps
 from ._exchange import (Downstream, DownstreamGone, Exchange, ResponseAborted, apply_ops, forward, request_headers,
                         serve_http1)
-from ._http1_state import Http1State
 from ._match import RouteRequest, join_headers
 from ._rescue import (DownstreamProtocolError, NoClusterError, NoHealthyUpstreamError, NoRouteError, ProxyError,
                       UpstreamConnectError, UpstreamOverflowError, UpstreamTimeoutError, rescue)
@@ -53,7 +52,6 @@ log = logging.getLogger("meshfed.gateway.outbound")
 DEFAULT_RETRY_ATTEMPTS = 2  # Istio's default retry policy: 2 attempts, connect-failure among retryOn
 _CONTINUE = InformationalResponse(100)
 _XFP = (b"x-forwarded-proto", b"http")
-_DONE = Http1State.DONE
 
 
 class LazyHeaders(Mapping[str, str]):
@@ -176,13 +174,10 @@ class OutboundHttp:
             if kind == "redirect":
                 state.status = action.status  # type: ignore[union-attr]
                 headers = [(b"location", action.location(rr).encode("latin-1"))]  # type: ignore[union-attr]
-                await down.reply(action.status, b"", headers, close=down.codec.their_state is not _DONE)  # type: ignore[union-attr]
-                return True
+                return await down.local_reply(action.status, b"", headers)  # type: ignore[union-attr]
             if kind == "direct_response":
                 state.status = action.status  # type: ignore[union-attr]
-                await down.reply(action.status, action.body,  # type: ignore[union-attr]
-                                 close=down.codec.their_state is not _DONE)
-                return True
+                return await down.local_reply(action.status, action.body)  # type: ignore[union-attr]
             dest = action.pick(self.rng)  # type: ignore[union-attr]
             cluster = snap.clusters.get((dest.host, dest.subset or "", dest.port_for(port)))
             if cluster is None:
@@ -219,7 +214,7 @@ class OutboundHttp:
             log.debug("outbound %s %s: %s", req.method, req.target[:200], exc)
             self.proxy.record_outbound(cluster, target, state.status or 503, "UC", started)
             return False
-        self.proxy.record_outbound(cluster, target, state.status, "-", started)
+        self.proxy.record_outbound(cluster, target, state.status, "-", started, peer=state.peer)
         return True
 
     async def _send(self, down: Downstream, head: Request, has_body: bool, cluster: ClusterConfig,

@@ -76,7 +76,8 @@ def test_off_log_is_disabled_and_takes_nothing() -> None:
     log = AccessLog.off()
     log.log(entry())
     log.flush()
-    assert (log.enabled, log.written, log.dropped, repr(log)) == (False, 0, 0, "<AccessLog off buffered=0B written=0 dropped=0>")
+    assert (log.enabled, log.written, log.dropped) == (False, 0, 0)
+    assert repr(log) == "<AccessLog off buffered=0B written=0 dropped=0>"
 
 
 @pytest.mark.parametrize("sink", [io.BytesIO, io.StringIO])
@@ -102,6 +103,17 @@ def test_full_buffer_drops_and_counts_lines() -> None:
     assert (log.dropped, m.value("meshfed_access_log_dropped_total")) == (2, 2)
     log.flush()
     assert log.written == 3
+
+
+def test_to_path_appends_to_a_file(tmp_path) -> None:
+    path = tmp_path / "access.log"
+    path.write_bytes(b"earlier\n")
+    log = AccessLog.to_path(str(path))
+    log.log(entry(method="POST"))
+    log.close()
+    assert log.sink is not None and log.sink.closed
+    first, second = path.read_bytes().splitlines()
+    assert (first, json.loads(second)["method"]) == (b"earlier", "POST")
 
 
 @pytest.mark.parametrize(("max_buffer_bytes", "flush_bytes", "flush_interval"), [(0, 1, 0.1), (1, 0, 0.1), (1, 1, 0)])

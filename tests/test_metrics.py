@@ -1,6 +1,8 @@
 """Istio standard metrics and meshfed's proxy metrics, read back by name and labels from
 the Prometheus text that ``/metrics`` serves (prometheus_client's own parser)."""
 
+import functools
+
 import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,9 +26,14 @@ def families(m: ProxyMetrics) -> dict:
     return {f.name: f for f in text_string_to_metric_families(m.render().decode())}
 
 
+@functools.lru_cache(maxsize=8)
+def parse(text: bytes) -> tuple:
+    return tuple(s for f in text_string_to_metric_families(text.decode()) for s in f.samples)
+
+
 def samples(m: ProxyMetrics, name: str, **labels: str) -> list:
-    return [s for f in text_string_to_metric_families(m.render().decode()) for s in f.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    """Samples scraped from ``render()`` (parsed once per distinct scrape)."""
+    return [s for s in parse(m.render()) if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
 def only(m: ProxyMetrics, name: str, **labels: str) -> float:
@@ -66,6 +73,14 @@ def test_no_created_series_and_nothing_in_the_global_registry() -> None:
     m.http(OUT).record(code=200, duration_ms=1.0, request_bytes=10, response_bytes=10)
     assert b"_created" not in m.render()
     assert prometheus_client.REGISTRY.get_sample_value("istio_requests_total") is None
+
+
+def test_metrics_join_a_registry_the_proxy_already_has() -> None:
+    registry = prometheus_client.CollectorRegistry()
+    prometheus_client.Gauge("meshfed_other", "another collector", registry=registry).set(3)
+    m = ProxyMetrics(registry)
+    m.http(OUT).record(code=200, duration_ms=1.0, request_bytes=1, response_bytes=1)
+    assert (m.value("meshfed_other"), m.value("istio_requests_total")) == (3, 1)
 
 
 def test_two_proxies_in_one_process_count_apart() -> None:

@@ -270,7 +270,8 @@ async def test_exporter_posts_batches_to_the_otlp_endpoint() -> None:
     assert [s["name"] for s in receiver.spans()] == [f"s{i}" for i in range(7)]
     head = receiver.posts[0][0].lower()
     assert head.startswith(b"post /v1/traces http/1.1") and b"content-type: application/json" in head
-    assert receiver.posts[0][1]["resourceSpans"][0]["resource"]["attributes"][0]["value"] == {"stringValue": "productpage"}
+    resource = receiver.posts[0][1]["resourceSpans"][0]["resource"]
+    assert resource["attributes"] == [{"key": "service.name", "value": {"stringValue": "productpage"}}]
 
 
 async def test_retryable_answers_are_retried_then_succeed() -> None:

@@ -1,0 +1,177 @@
+"""Pieces for tests and benchmarks of the data plane: a tiny trio HTTP app and sidecar configs.
+
+``EchoApp`` answers every request with JSON describing what it received (method, target,
+headers, body length and SHA-256) - bodies are streamed and hashed, never kept, so a
+1 GiB upload costs the app nothing. Two paths do more: ``/bytes/<n>`` streams ``n``
+bytes back, ``/delay/<ms>`` answers after a pause. ``sidecar_configs`` writes a client
+sidecar and a server sidecar config for one service behind one app, with certificates
+from a ``trustdomain.testing.MeshPki``, as YAML documents that ``fedctl proxy`` reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._events import Data, EndOfMessage, Request, Response, Role
+from ._http1 import NEED_DATA, Http1Connection
+
+_CHUNK = b"x" * 65536
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body_bytes: int
+    sha256: str
+
+
+@dataclass
+class EchoApp:
+    """A trio HTTP/1.1 app for tests; ``seen`` lists the requests it answered."""
+
+    name: str = "echo"
+    seen: list[Seen] = field(default_factory=list)
+    connections: int = 0
+
+    async def serve(self, host: str, port: int = 0, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners[0].socket.getsockname()[:2])
+        await trio.serve_listeners(self.handle_connection, listeners)
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = Http1Connection(Role.SERVER)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if type(event) is not Request:
+                    return
+                await self._answer(stream, conn, event)
+                if conn.our_state.name != "DONE" or conn.their_state.name != "DONE":
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _answer(self, stream: trio.SocketStream, conn: Http1Connection, req: Request) -> None:
+        digest = hashlib.sha256()
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            if type(event) is Data:
+                digest.update(event.data)
+                size += len(event.data)
+                continue
+            if type(event) is EndOfMessage:
+                break
+            return
+        target = req.target.decode()
+        headers = {n.decode(): v.decode("latin-1") for n, v in req.headers}
+        seen = Seen(req.method.decode(), target, headers, size, digest.hexdigest())
+        self.seen.append(seen)
+        if target.startswith("/delay/"):
+            await trio.sleep(int(target.split("/")[2]) / 1000)
+        if target.startswith("/bytes/"):
+            n = int(target.split("/")[2])
+            await stream.send_all(conn.send(Response(200, [(b"content-length", b"%d" % n)])))
+            while n:
+                piece = _CHUNK[:min(n, len(_CHUNK))]
+                await stream.send_all(conn.send(Data(piece)))
+                n -= len(piece)
+            await stream.send_all(conn.send(EndOfMessage()))
+            return
+        body = json.dumps({"app": self.name, "method": seen.method, "target": target, "headers": headers,
+                           "body_bytes": size, "sha256": seen.sha256}).encode()
+        await stream.send_all(conn.send(Response(200, [(b"content-type", b"application/json"),
+                                                        (b"content-length", b"%d" % len(body))]))
+                              + conn.send(Data(body)) + conn.send(EndOfMessage()))
+
+
+def random_block() -> str:
+    """A random ``127.a.b`` prefix for one test's addresses, so tests never collide."""
+    return f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
+
+
+@dataclass
+class PairAddresses:
+    client: str
+    """The client-side sidecar (and its app)."""
+    server: str
+    """The server-side sidecar and the app behind it."""
+    app_port: int
+    service_port: int = 8080
+    fqdn: str = "echo.demo.svc.cluster.local"
+
+
+def sidecar_configs(pki: Any, folder: Path, addrs: PairAddresses, *, server_resources: str = "",
+                    client_resources: str = "", app_protocol: str = "http", service_protocol: str = "http",
+                    version: str = "1", extra_service_ports: str = "", tcp_listeners: str = "[]",
+                    client_version: str = "1") -> tuple[Path, Path]:
+    """Write certificates and the two sidecar configs into ``folder``; returns (client, server) paths.
+    ``pki`` must have the trust domain ``east.example``."""
+    client_certs = pki.write_svid(pki.svid("east.example", "demo", "client"), folder / "client-certs")
+    server_certs = pki.write_svid(pki.svid("east.example", "demo", "echo"), folder / "server-certs")
+    service = f"""
+  - hostname: {addrs.fqdn}
+    namespace: demo
+    ports: [{{name: web, port: {addrs.service_port}, protocol: {service_protocol}, targetPort: {addrs.app_port}}}{extra_service_ports}]
+    endpoints:
+    - {{address: {addrs.server}, port: {addrs.app_port}, proxyPort: 15006, labels: {{app: echo, version: v1}},
+       cluster: east, serviceAccount: echo}}"""
+
+    def tls(certs: dict[str, Path]) -> str:
+        return (f"  tls: {{cert: {certs['cert']}, key: {certs['key']}, chain: {certs['chain']}, "
+                f"bundles: {{east.example: {certs['root']}}}}}")
+
+    client = f"""apiVersion: meshfed.io/v1alpha1
+kind: ProxyConfig
+metadata: {{name: client}}
+spec:
+  version: "{client_version}"
+  node: {{cluster: east, namespace: demo, workload: client, serviceAccount: client, trustDomain: east.example,
+          labels: {{app: client}}}}
+  listeners:
+    outbound: {addrs.client}:15001
+    admin: {addrs.client}:15000
+    tcp: {tcp_listeners}
+{tls(client_certs)}
+  services:{service}
+  resources: [{client_resources}]
+"""
+    server = f"""apiVersion: meshfed.io/v1alpha1
+kind: ProxyConfig
+metadata: {{name: server}}
+spec:
+  version: "{version}"
+  node: {{cluster: east, namespace: demo, workload: echo, serviceAccount: echo, trustDomain: east.example,
+          labels: {{app: echo, version: v1}}}}
+  listeners:
+    inbound: {addrs.server}:15006
+    admin: {addrs.server}:15000
+  app:
+    address: {addrs.server}
+    ports: [{{port: {addrs.app_port}, protocol: {app_protocol}}}]
+{tls(server_certs)}
+  services:{service}
+  resources: [{server_resources}]
+"""
+    (folder / "client.yaml").write_text(client)
+    (folder / "server.yaml").write_text(server)
+    return folder / "client.yaml", folder / "server.yaml"
