@@ -21,6 +21,8 @@ server (``_dns_server``) only moves bytes. The rules, each from its RFC:
   fits, and the client retries over TCP (RFC 7766). Additional records (SRV glue) are
   left out first without TC (RFC 2181 §9). Over TCP a record set too large for one 64 KiB
   message is cut to what fits, the answering cluster's endpoints first.
+* Records go out in the table's order, unshuffled, so that the answering cluster's
+  endpoints stay first; spreading load is the sidecar's balancer's work, not DNS's.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import dns.rrset
 
 from topology import ServiceRegistry
 
-from ._dns_table import DnsTable, make_rrset
+from ._dns_records import make_rrset
+from ._dns_table import DnsTable
 
 DEFAULT_MAX_UDP = 1232
 """Largest UDP response the server sends and advertises in EDNS (DNS Flag Day 2020's
@@ -69,8 +72,10 @@ def answer(query: bytes, registry: ServiceRegistry | DnsTable, *, max_udp: int =
            tcp: bool = False) -> bytes | None:
     """The response to ``query`` (DNS wire format), or None when it is to be dropped.
 
-    ``registry`` is a registry snapshot or the ``DnsTable`` compiled from one (servers keep
-    a table so that records built for one query serve the next).
+    ``registry`` is a registry snapshot or the ``DnsTable`` made from one (servers keep a
+    table, so that records built for one query serve the next). ``max_udp`` is the server's
+    own ceiling for UDP responses; the limit applied is the client's (512, or its EDNS
+    payload size) under it. ``tcp`` lifts the limit to 65535.
     """
     r = reply(query, registry, max_udp=max_udp, tcp=tcp)
     return None if r is None else r.wire

@@ -23,7 +23,8 @@ import trio
 from topology import ServiceRegistry
 
 from ._dns_answer import DEFAULT_MAX_UDP, MAX_TCP, reply, servfail
-from ._dns_table import DEFAULT_TTL, DnsTable
+from ._dns_records import DEFAULT_TTL
+from ._dns_table import DnsTable
 from ._errors import FederationError
 
 log = logging.getLogger("meshfed.federation.dns")
@@ -88,6 +89,11 @@ class DnsServer:
         c = self.counters
         return (f"<DnsServer {self.host}:{self.port} cluster={self.cluster or '-'} serial={self.table.serial} "
                 f"[{c.udp_queries} udp, {c.tcp_queries} tcp, {self._tcp_open} open tcp]>")
+
+    @property
+    def tcp_connections(self) -> int:
+        """TCP connections open now."""
+        return self._tcp_open
 
     def _table(self, registry: ServiceRegistry) -> DnsTable:
         self._serial += 1

@@ -4,8 +4,8 @@ Theory of operation. A ``DnsTable`` wraps one immutable ``ServiceRegistry`` and 
 ``lookup(qname) -> (node, zone)``: the records at that owner name (a ``Node``, empty for a
 name that exists without data) and the zone meshfed is authoritative for, if any. The
 table never changes; the server builds a new one per registry snapshot and swaps it with
-one assignment. Records are built per service on first use and kept, so a swap costs
-nothing and a snapshot of 1,000 services pays only for the names actually asked.
+one assignment. Records are built per service on first use and kept (``_dns_records``),
+so a swap costs nothing and a snapshot of 1,000 services pays only for the names asked.
 
 Names, as the Kubernetes DNS spec (kubernetes/dns docs/specification.md) and the MCS DNS
 spec (KEP-1645 specification.md) give them; meshfed has no virtual IPs, so every service
@@ -43,220 +43,30 @@ answer (``zone`` None, no node): meshfed is not a recursive resolver.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable
 
 import dns.exception
 import dns.name
-import dns.rdata
-import dns.rdataclass
 import dns.rdatatype
 import dns.reversename
-import dns.rrset
 from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
-from dns.rdtypes.IN.A import A
-from dns.rdtypes.IN.AAAA import AAAA
-from dns.rdtypes.IN.SRV import SRV
 
-from topology import Endpoint, Service, ServicePort, ServiceRegistry
+from topology import Service, ServiceRegistry
 from topology._hostname import CLUSTERSET_DOMAIN, split_service_fqdn
 
-DEFAULT_TTL = 5
-"""Seconds clients may cache an answer; short, because endpoints come and go. Defaults to 5."""
+from ._dns_records import DEFAULT_TTL, EMPTY, IN, Key, Node, View, address_record, by_type
+
 SCHEMA_VERSION = b"1.0.0"
 """Kubernetes DNS schema version (``dns-version.<zone>. IN TXT``)."""
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400
 """The SOA timers CoreDNS's kubernetes plugin gives its zones."""
 
-IN = dns.rdataclass.IN
 _LABEL = re.compile(rb"[a-z0-9_*-]{1,63}")
-_HOST_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _REVERSE = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
-_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-
-Rdatas = tuple[dns.rdata.Rdata, ...]
-Key = tuple[str, ...]
-"""Labels in front of a service name: ``()`` the service, ``("_http", "_tcp")``, ``("reviews-v1-0",)``."""
-
-
-@functools.lru_cache(maxsize=65536)
-def address_record(address: str) -> dns.rdata.Rdata | None:
-    """The A or AAAA record of an endpoint address; None for a DNS name (ServiceEntry
-    resolution DNS), which has no address to give. Immutable, so shared by every snapshot."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return A(IN, dns.rdatatype.A, str(ip)) if ip.version == 4 else AAAA(IN, dns.rdatatype.AAAA, str(ip))
-
-
-def make_rrset(name: dns.name.Name, ttl: int, rdatas: Rdatas) -> dns.rrset.RRset:
-    rrset = dns.rrset.RRset(name, rdatas[0].rdclass, rdatas[0].rdtype)
-    rrset.update_ttl(ttl)
-    for rd in rdatas:
-        rrset.add(rd)
-    return rrset
-
-
-def _by_type(addresses: Iterable[str]) -> dict[int, Rdatas]:
-    out: dict[int, list[dns.rdata.Rdata]] = {}
-    for address in dict.fromkeys(addresses):
-        rd = address_record(address)
-        if rd is not None:
-            out.setdefault(rd.rdtype, []).append(rd)
-    return {t: tuple(rds) for t, rds in out.items()}
-
-
-class Node:
-    """The records at one owner name; a name with none exists without data (NODATA)."""
-
-    __slots__ = ("_records", "_ttl")
-
-    def __init__(self, records: Mapping[int, Rdatas] | None = None, ttl: int = DEFAULT_TTL) -> None:
-        self._records = dict(records or {})
-        self._ttl = ttl
-
-    def types(self) -> tuple[int, ...]:
-        """Record types present, for ANY."""
-        return tuple(self._records)
-
-    def rrset(self, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
-        """The records of ``rdtype`` named ``owner`` (the name as asked), or None."""
-        rdatas = self._records.get(rdtype)
-        return make_rrset(owner, self._ttl, rdatas) if rdatas else None
-
-    def glue(self) -> tuple[dns.rrset.RRset, ...]:
-        """Addresses of the SRV targets, for the additional section."""
-        return ()
-
-
-EMPTY = Node()
-
-
-class _ServiceNode(Node):
-    """A name of a service's view; its records are built on first use and kept by the view."""
-
-    __slots__ = ("_view", "_key")
-
-    def __init__(self, view: _View, key: Key) -> None:
-        self._view = view
-        self._key = key
-
-    def types(self) -> tuple[int, ...]:
-        found = tuple(self._view.addresses(self._key))
-        return found + (dns.rdatatype.SRV,) if self._view.srv(self._key)[0] else found
-
-    def rrset(self, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
-        return self._view.rrset(self._key, owner, rdtype)
-
-    def glue(self) -> tuple[dns.rrset.RRset, ...]:
-        return self._view.srv(self._key)[1]
-
-
-class _View:
-    """One service's names in one zone (cluster.local or clusterset.local).
-
-    Construction only sorts endpoints into names (string work); records are made when a
-    name is first asked for, so a service of 10,000 endpoints costs its records once.
-    """
-
-    __slots__ = ("service", "ordered", "_cluster", "_ttl", "_name", "_below", "_ports", "_empty", "_key_of",
-                 "_addresses", "_srv", "_rrsets")
-
-    def __init__(self, service: Service, zone: dns.name.Name, clusterset: bool, cluster: str, domain: str,
-                 ttl: int) -> None:
-        self.service = service
-        self._ttl = ttl
-        self._name = dns.name.from_text(service.hostname.name.removesuffix("." + domain), zone)
-        eps = [e for e in service.endpoints if address_record(e.address) is not None]
-        # A hostname must identify one address in the service (per cluster in clusterset.local).
-        addresses_of: dict[tuple[str, str], set[str]] = {}
-        for e in eps:
-            if _HOST_LABEL.fullmatch(e.instance.lower()):
-                addresses_of.setdefault((e.instance.lower(), e.cluster if clusterset else ""), set()).add(e.address)
-        self._key_of: dict[tuple[str, str, str], Key] = {}
-        self._below: dict[Key, list[Endpoint]] = {}
-        self._empty: set[Key] = set()
-        for e in eps:
-            name = e.instance.lower()
-            if len(addresses_of.get((name, e.cluster if clusterset else ""), ())) != 1:
-                name = e.address.replace(".", "-").replace(":", "-")  # CoreDNS's endpoint name
-            key = (name, e.cluster) if clusterset and e.cluster else (name,)
-            self._key_of[(e.address, e.cluster, e.instance)] = key
-            self._below.setdefault(key, []).append(e)
-            if len(key) == 2:
-                self._empty.add((e.cluster,))  # <cluster>.<svc>.<ns>.svc.clusterset.local
-            elif (e.instance.lower(),) != key and (e.instance.lower(), "") in addresses_of:
-                self._below.setdefault((e.instance.lower(),), []).append(e)  # an instance name of several clusters
-        self._ports: dict[Key, ServicePort] = {}
-        for p in service.ports:
-            if _HOST_LABEL.fullmatch(p.name.lower()):  # "Unnamed ports do not have an SRV record."
-                proto = "_udp" if p.protocol == "UDP" else "_tcp"
-                self._ports[("_" + p.name.lower(), proto)] = p
-                self._empty.add((proto,))
-        self._cluster = cluster
-        self.ordered = self._order(eps)
-        """Healthy endpoints with an address, the answering cluster's first."""
-        self._addresses: dict[Key, dict[int, Rdatas]] = {}
-        self._srv: dict[Key, tuple[Rdatas, tuple[dns.rrset.RRset, ...]]] = {}
-        self._rrsets: dict[tuple[Key, dns.name.Name, int], dns.rrset.RRset | None] = {}
-
-    def _order(self, eps: Iterable[Endpoint]) -> list[Endpoint]:
-        healthy = [e for e in eps if e.healthy]
-        return sorted(healthy, key=lambda e: e.cluster != self._cluster) if self._cluster else healthy
-
-    def node(self, key: Key) -> Node | None:
-        if not key or key in self._below or key in self._ports:
-            return _ServiceNode(self, key)
-        return EMPTY if key in self._empty else None
-
-    def target(self, e: Endpoint) -> dns.name.Name:
-        """The endpoint's hostname: SRV target and PTR name."""
-        return dns.name.Name(self._key_of[(e.address, e.cluster, e.instance)] + self._name.labels)
-
-    def hosts(self) -> Iterator[tuple[dns.name.Name, Endpoint]]:
-        for e in self.ordered:
-            yield self.target(e), e
-
-    def addresses(self, key: Key) -> dict[int, Rdatas]:
-        found = self._addresses.get(key)
-        if found is None:
-            eps = self.ordered if not key else self._order(self._below.get(key, ()))
-            found = self._addresses[key] = _by_type(e.address for e in eps)
-        return found
-
-    def rrset(self, key: Key, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
-        """Kept, because building a set of thousands of records costs more than sending it."""
-        cache_key = (key, owner, rdtype)
-        if cache_key not in self._rrsets:
-            if rdtype in _ADDRESS_TYPES:
-                rdatas = self.addresses(key).get(rdtype, ())
-            else:
-                rdatas = self.srv(key)[0] if rdtype == dns.rdatatype.SRV else ()
-            self._rrsets[cache_key] = make_rrset(owner, self._ttl, rdatas) if rdatas else None
-        return self._rrsets[cache_key]
-
-    def srv(self, key: Key) -> tuple[Rdatas, tuple[dns.rrset.RRset, ...]]:
-        found = self._srv.get(key)
-        if found is None:
-            ports = list(self._ports.values()) if not key else [self._ports[key]] if key in self._ports else []
-            records: list[dns.rdata.Rdata] = []
-            glue: dict[dns.name.Name, list[str]] = {}
-            for p in ports:
-                serving = list({(e.address, e.port): e for e in self.ordered if e.serves(p)}.values())
-                total = sum(e.weight for e in serving)
-                for e in serving:
-                    target = self.target(e)
-                    weight = max(1, min(65535, round(100 * e.weight / total)))  # the endpoint's share, in percent
-                    records.append(SRV(IN, dns.rdatatype.SRV, 0, weight, e.port, target))
-                    glue.setdefault(target, []).append(e.address)
-            found = self._srv[key] = (tuple(records), tuple(make_rrset(t, self._ttl, rds) for t, addresses in glue.items()
-                                                           for rds in _by_type(addresses).values()))
-        return found
 
 
 def _text_labels(labels: Iterable[bytes]) -> Key | None:
@@ -288,7 +98,7 @@ class DnsTable:
         self.serial = serial % 2**32
         self.zone = dns.name.from_text(registry.domain)
         self.clusterset_zone = dns.name.from_text(CLUSTERSET_DOMAIN)
-        self._views: dict[tuple[str, bool], _View] = {}
+        self._views: dict[tuple[str, bool], View] = {}
         self._namespaces: frozenset[str] | None = None
         self._reverse: dict[str, Node] | None = None
 
@@ -348,12 +158,12 @@ class DnsTable:
         svc = self.registry.get(host)
         return None if svc.hostname.is_wildcard else svc
 
-    def _view(self, svc: Service, clusterset: bool) -> _View:
+    def _view(self, svc: Service, clusterset: bool) -> View:
         key = (svc.hostname.name, clusterset)
         view = self._views.get(key)
         if view is None:
             zone = self.clusterset_zone if clusterset else self.zone
-            view = self._views[key] = _View(svc, zone, clusterset, self.cluster, self.registry.domain, self.ttl)
+            view = self._views[key] = View(svc, zone, clusterset, self.cluster, self.registry.domain, self.ttl)
         return view
 
     def _plain(self, svc: Service) -> Node:
@@ -361,7 +171,7 @@ class DnsTable:
         eps = [e for e in svc.endpoints if e.healthy]
         if self.cluster:
             eps.sort(key=lambda e: e.cluster != self.cluster)
-        return Node(_by_type(e.address for e in eps), self.ttl)
+        return Node(by_type(e.address for e in eps), self.ttl)
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -385,3 +195,4 @@ class DnsTable:
             self._reverse = {a: Node({dns.rdatatype.PTR: tuple(PTR(IN, dns.rdatatype.PTR, n) for n in ns)}, self.ttl)
                              for a, ns in names.items()}
         return self._reverse.get(ip)
+
