@@ -274,7 +274,7 @@ def _nearest(lines: Mapping[str, int], path: str) -> int:
         if path in lines:
             return lines[path]
         path = path.rpartition(".")[0]
-    return 0
+    return lines.get("", 0)
 
 
 def _serves(e: EndpointSpec, port: int, target_port: int) -> bool:

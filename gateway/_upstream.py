@@ -22,6 +22,7 @@ resets pooled connections), so ``release`` never blocks a request's task.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 from collections import deque
@@ -127,7 +128,7 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
         raise UpstreamConnectError(where, f"connect timeout after {timeout:g}s") from None
     except OSError as exc:
         sock.close()
-        raise UpstreamConnectError(where, exc.strerror or str(exc)) from None
+        raise UpstreamConnectError(where, os.strerror(exc.errno) if exc.errno else str(exc)) from None
     except TrustDomainError as exc:  # PeerRefused: the server is not who the bundle vouches for
         sock.close()
         raise UpstreamConnectError(where, f"TLS peer refused: {exc}") from None

@@ -123,7 +123,8 @@ class PairAddresses:
 def sidecar_configs(pki: Any, folder: Path, addrs: PairAddresses, *, server_resources: str = "",
                     client_resources: str = "", app_protocol: str = "http", service_protocol: str = "http",
                     version: str = "1", extra_service_ports: str = "", tcp_listeners: str = "[]",
-                    client_version: str = "1") -> tuple[Path, Path]:
+                    client_version: str = "1", client_services: str = "",
+                    app_ports: str = "") -> tuple[Path, Path]:
     """Write certificates and the two sidecar configs into ``folder``; returns (client, server) paths.
     ``pki`` must have the trust domain ``east.example``."""
     client_certs = pki.write_svid(pki.svid("east.example", "demo", "client"), folder / "client-certs")
@@ -152,8 +153,8 @@ spec:
     admin: {addrs.client}:15000
     tcp: {tcp_listeners}
 {tls(client_certs)}
-  services:{service}
-  resources: [{client_resources}]
+  services:{service}{client_services}
+  resources:{client_resources or " []"}
 """
     server = f"""apiVersion: meshfed.io/v1alpha1
 kind: ProxyConfig
@@ -167,11 +168,61 @@ spec:
     admin: {addrs.server}:15000
   app:
     address: {addrs.server}
-    ports: [{{port: {addrs.app_port}, protocol: {app_protocol}}}]
+    ports: [{{port: {addrs.app_port}, protocol: {app_protocol}}}{app_ports}]
 {tls(server_certs)}
   services:{service}
-  resources: [{server_resources}]
+  resources:{server_resources or " []"}
 """
     (folder / "client.yaml").write_text(client)
     (folder / "server.yaml").write_text(server)
     return folder / "client.yaml", folder / "server.yaml"
+
+
+@dataclass
+class Pair:
+    """A running sidecar pair around one EchoApp, all in the caller's nursery."""
+
+    client: Any
+    server: Any
+    app: Any
+    addrs: PairAddresses
+    client_config: Path
+    server_config: Path
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.addrs.client}:15001"
+
+    def url(self, path: str = "/") -> str:
+        return f"http://{self.addrs.fqdn}:{self.addrs.service_port}{path}"
+
+
+async def start_pair(nursery: trio.Nursery, pki: Any, folder: Path, *, app: Any = None, app_serve: Any = None,
+                     **config: Any) -> Pair:
+    """Start ``app`` (an EchoApp by default; ``app_serve(host, task_status)`` for another
+    server), a server sidecar in front of it and a client sidecar, on a fresh 127.a.b block."""
+    from ._config import load_proxy_config
+    from ._proxy import Proxy
+
+    block = random_block()
+    app = app if app is not None else EchoApp()
+    serve = app_serve or app.serve
+    _, app_port = await nursery.start(serve, f"{block}.2")
+    addrs = PairAddresses(f"{block}.1", f"{block}.2", app_port)
+    client_path, server_path = sidecar_configs(pki, folder, addrs, **config)
+    proxies = []
+    for path in (server_path, client_path):
+        loaded, diagnostics = load_proxy_config(str(path))
+        assert loaded is not None, [str(d) for d in diagnostics]
+        proxy = Proxy(loaded)
+        await nursery.start(proxy.run)
+        proxies.append(proxy)
+    return Pair(proxies[1], proxies[0], app, addrs, client_path, server_path)
+
+
+async def curl(*args: str, timeout: float = 20) -> tuple[int, str, str]:
+    """Run the real ``curl`` (silent, errors shown); (exit code, stdout, stderr)."""
+    with trio.fail_after(timeout):
+        done = await trio.run_process(["curl", "-sS", "--max-time", str(timeout), *args], capture_stdout=True,
+                                      capture_stderr=True, check=False)
+    return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")

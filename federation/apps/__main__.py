@@ -75,7 +75,8 @@ async def run(env: AppEnv, listen: Sequence[tuple[str, int]], *, grace: float) -
         if handler is None:
             print(f"{env.app}: idle until SIGTERM", flush=True)
             async for _ in signals:
-                return
+                break
+            return
         server = HttpServer(handler, grace=grace, access_log=env.access_log)
         bound = [await trio.open_tcp_listeners(port, host=host) for host, port in listen]
         async with trio.open_nursery() as nursery:

@@ -61,9 +61,10 @@ class Request:
         return urlsplit(self.target).query
 
     def header(self, name: str) -> str | None:
-        """The field's value; repeated fields joined with ``, `` (RFC 9110 5.3)."""
+        """The field's value; repeated fields joined with ``, `` (RFC 9110 5.3), cookies with ``; ``
+        (HTTP/2 may split them into one field per cookie, RFC 9113 8.2.3)."""
         values = [v for k, v in self.headers if k == name]
-        return ", ".join(values) if values else None
+        return ("; " if name == "cookie" else ", ").join(values) if values else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +236,10 @@ class HttpServer:
                        between_requests: bool = False) -> h11.Event | None:
         while True:
             event = conn.next_event()
+            if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                return None  # PAUSED: an unanswered Upgrade or a protocol switch; nothing more to read
             if event is not h11.NEED_DATA:
-                return None if isinstance(event, h11.ConnectionClosed) else event
+                return event  # type: ignore[return-value]
             if between_requests and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 with self.idle_scope() as scope:
                     chunk = await stream.receive_some(RECEIVE_SIZE)
