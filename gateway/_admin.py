@@ -204,9 +204,9 @@ class AdminServer:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
         down = Downstream(stream, self.proxy.snapshot.limits)
-        await serve_http1(down, self.handle, 60.0)
+        await serve_http1(down, self.handle, self.proxy.idle)
 
     async def handle(self, down: Downstream, req: Request) -> bool:
         path, _, query = req.target.partition(b"?")

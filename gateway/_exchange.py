@@ -22,8 +22,8 @@ the choice of connection happen before, in ``_outbound`` and ``_inbound``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -377,28 +377,65 @@ Handler = Callable[[Downstream, Request], Awaitable[bool]]
 """Answers one request; True when the connection may carry another."""
 
 
-async def serve_http1(down: Downstream, handle: Handler, idle_timeout: float | None) -> None:
-    """The per-connection loop: wait for a request head (at most ``idle_timeout`` between
-    requests), let ``handle`` answer it, repeat while the connection stays usable. A
-    request that does not parse is answered with its status (400, 413, 431, 501, 505;
-    flag DPE) and the connection is closed."""
+class IdleWatch:
+    """Connections waiting for their next request, and since when.
+
+    One task (``run``) cancels those idle longer than the timeout, instead of a cancel
+    scope with a deadline per request: waiting costs two dict stores per request."""
+
+    def __init__(self, timeout: Callable[[], float | None]) -> None:
+        self.timeout = timeout
+        self.waiting: dict[trio.CancelScope, float] = {}
+
+    def sweep(self, now: float) -> int:
+        """Cancel the connections idle too long at ``now``; how many."""
+        timeout = self.timeout()
+        if timeout is None:
+            return 0
+        cut = now - timeout
+        stale = [scope for scope, since in self.waiting.items() if since <= cut]
+        for scope in stale:
+            del self.waiting[scope]
+            scope.cancel()
+        return len(stale)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            timeout = self.timeout()
+            await trio.sleep(1.0 if timeout is None else min(1.0, max(timeout / 4, 0.01)))
+            self.sweep(trio.current_time())
+
+
+async def serve_http1(down: Downstream, handle: Handler, idle: IdleWatch | None) -> None:
+    """The per-connection loop: wait for a request head (the wait is watched by ``idle``),
+    let ``handle`` answer it, repeat while the connection stays usable. A request that
+    does not parse is answered with its status (400, 413, 431, 501, 505; flag DPE) and the
+    connection is closed."""
     codec = down.codec
-    while True:
-        event = None
+    waiting = idle.waiting if idle is not None else {}
+    now = trio.current_time
+    with trio.CancelScope() as scope:
         try:
-            with trio.move_on_after(idle_timeout if idle_timeout is not None else math.inf):
-                event = await down.next_event()
-        except RemoteProtocolError as exc:
-            if codec.our_state in (Http1State.IDLE, Http1State.SEND_RESPONSE):
-                reply = rescue(exc)
+            while True:
+                waiting[scope] = now()
                 try:
-                    await down.reply(reply.status, reply.body, close=True)
-                except DownstreamGone:
-                    pass
-            return
-        if type(event) is not Request:
-            return  # idle timeout, ConnectionClosed, or PAUSED after a switch
-        if not await handle(down, event):
-            return
-        if not down.can_continue():
-            return
+                    event = await down.next_event()
+                except RemoteProtocolError as exc:
+                    waiting.pop(scope, None)
+                    if codec.our_state in (Http1State.IDLE, Http1State.SEND_RESPONSE):
+                        reply = rescue(exc)
+                        try:
+                            await down.reply(reply.status, reply.body, close=True)
+                        except DownstreamGone:
+                            pass
+                    return
+                waiting.pop(scope, None)
+                if type(event) is not Request:
+                    return  # ConnectionClosed, or PAUSED after a switch
+                if not await handle(down, event):
+                    return
+                if not down.can_continue():
+                    return
+        finally:
+            waiting.pop(scope, None)

@@ -32,6 +32,7 @@ from trustdomain import TrustDomainError
 from ._authz import DENIED_BODY, DENIED_STATUS
 from ._authz_match import AuthzRequest
 from ._events import InformationalResponse, Request
+from ._fastio import FastSocketStream, FastTlsStream
 from ._exchange import (RECV_SIZE, Downstream, DownstreamGone, Exchange, ResponseAborted, forward, request_headers,
                         serve_http1)
 from ._outbound import close_gracefully, split_authority
@@ -103,7 +104,7 @@ class InboundListener:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: FastSocketStream) -> None:
         snap = self.proxy.snapshot
         inbound = snap.inbound
         try:
@@ -131,7 +132,7 @@ class InboundListener:
         else:
             await self._plaintext(stream, data, snap, Caller(source, local, inbound.only_port))
 
-    async def _tls(self, stream: trio.SocketStream, hello_bytes: bytes, sni: str | None, snap: Snapshot,
+    async def _tls(self, stream: FastSocketStream, hello_bytes: bytes, sni: str | None, snap: Snapshot,
                    caller: Caller) -> None:
         inbound = snap.inbound
         parsed = parse_outbound_sni(sni) if sni else None
@@ -147,7 +148,8 @@ class InboundListener:
             return
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
-                tls, peer = await mtls.accept(PrefixedStream(stream, hello_bytes))
+                handshaken, peer = await mtls.accept(PrefixedStream(stream, hello_bytes))
+            tls = FastTlsStream.take_over(handshaken)
         except (TrustDomainError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.info("inbound TLS from %s failed: %s", caller.source_ip, exc)
             return
@@ -166,7 +168,7 @@ class InboundListener:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
 
-    async def _plaintext(self, stream: trio.SocketStream, first: bytes, snap: Snapshot, caller: Caller) -> None:
+    async def _plaintext(self, stream: FastSocketStream, first: bytes, snap: Snapshot, caller: Caller) -> None:
         pa = snap.inbound.peer_auth
         if caller.port is not None:
             decision = pa.mode_for(caller.port)
@@ -185,12 +187,11 @@ class InboundListener:
             await self._splice(stream, first, snap, caller)
             return
         down = Downstream(stream, snap.limits, (caller.source_ip, 0), preread=first)
-        idle = snap.limits.idle_timeout
 
         async def handle(down: Downstream, req: Request) -> bool:
             return await self.handle(down, req, caller)
 
-        await serve_http1(down, handle, idle.seconds if idle is not None else None)
+        await serve_http1(down, handle, self.proxy.idle)
 
     async def _splice(self, stream: trio.abc.Stream, first: bytes, snap: Snapshot, caller: Caller) -> None:
         inbound = snap.inbound

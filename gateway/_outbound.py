@@ -23,7 +23,6 @@ The snapshot is read once per request: a reload mid-request changes nothing for 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -39,7 +38,8 @@ from ._exchange import (Downstream, DownstreamGone, Exchange, ResponseAborted, a
 from ._match import RouteRequest, join_headers
 from ._rescue import (DownstreamProtocolError, NoClusterError, NoHealthyUpstreamError, NoRouteError, ProxyError,
                       UpstreamConnectError, UpstreamOverflowError, UpstreamTimeoutError, rescue)
-from ._balancer import PickContext
+from ._balancer import NO_CONTEXT, PickContext
+from ._fastio import FastSocketStream
 from ._tcpsplice import splice
 from ._upstream import UpstreamConnection, open_connection
 
@@ -139,15 +139,14 @@ class OutboundHttp:
         self.proxy = proxy
         self.rng = random.Random()
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, stream: FastSocketStream) -> None:
         snap = self.proxy.snapshot
         try:
             remote = stream.socket.getpeername()[:2]
         except OSError:
             return
         down = Downstream(stream, snap.limits, remote)
-        idle = snap.limits.idle_timeout
-        await serve_http1(down, self.handle, idle.seconds if idle is not None else None)
+        await serve_http1(down, self.handle, self.proxy.idle)
 
     async def handle(self, down: Downstream, req: Request) -> bool:
         snap = self.proxy.snapshot  # once: the request finishes on this snapshot
@@ -193,14 +192,17 @@ class OutboundHttp:
             new_target = rewrite.apply(rr.path, rr.query).encode("latin-1") if rewrite is not None else path_q
             head = Request(req.method, new_target, headers)
             timeout = decision.timeout
-            deadline = started + timeout.seconds if timeout is not None and timeout.nanos > 0 else math.inf
-            with trio.move_on_at(deadline) as scope:
+            if timeout is None or timeout.nanos <= 0:
                 target = await self._send(down, head, has_body, cluster, decision, state, rr,
                                           dest.response_headers)
-            if scope.cancelled_caught:
-                if state.head_sent:
-                    return False
-                raise UpstreamTimeoutError(timeout.seconds)
+            else:
+                with trio.move_on_at(started + timeout.seconds) as scope:
+                    target = await self._send(down, head, has_body, cluster, decision, state, rr,
+                                              dest.response_headers)
+                if scope.cancelled_caught:
+                    if state.head_sent:
+                        return False
+                    raise UpstreamTimeoutError(timeout.seconds)
         except ProxyError as exc:
             reply = rescue(exc)
             state.status = reply.status
@@ -223,12 +225,14 @@ class OutboundHttp:
         balancer = cluster.balancer
         if balancer is None:
             raise NoHealthyUpstreamError(cluster.name)
-        permit = cluster.breaker.try_acquire(Resource.REQUESTS)
-        if type(permit) is Overflow:
-            raise UpstreamOverflowError(cluster.name, "requests")
-        retries = getattr(decision, "retries", None)
+        permit = None
+        if cluster.limits_requests:
+            permit = cluster.breaker.try_acquire(Resource.REQUESTS)
+            if type(permit) is Overflow:
+                raise UpstreamOverflowError(cluster.name, "requests")
+        retries = decision.retries  # type: ignore[attr-defined]
         attempts = 1 + (retries.attempts if retries is not None else DEFAULT_RETRY_ATTEMPTS)
-        ctx = PickContext()
+        ctx = NO_CONTEXT
         if cluster.hash_policy is not None:
             ctx = PickContext(cluster.hash_policy.decide(headers=head.headers, query=rr.query,
                                                          source_ip=down.remote_ip).hash)
@@ -261,12 +265,14 @@ class OutboundHttp:
                     stats.rq_active -= 1
                     balancer.on_request_end(host)
         finally:
-            permit.release()  # type: ignore[union-attr]
+            if permit is not None:
+                permit.release()  # type: ignore[union-attr]
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _tunnel(self, down: Downstream, req: Request, snap: Snapshot) -> None:
         """CONNECT: 200, then bytes both ways to the destination's sidecar over mTLS."""
         started = trio.current_time()
+        down.request_complete()  # the CONNECT's (empty) end: the client now waits for our answer
         host_name, port = split_authority(req.target, 443)
         cluster = snap.tcp_cluster(host_name, port)
         try:
@@ -304,7 +310,7 @@ async def close_gracefully(conn: UpstreamConnection, grace: float = 1.0) -> None
     conn.close()
 
 
-async def serve_tcp_listener(proxy: Proxy, stream: trio.SocketStream, host: str, port: int) -> None:
+async def serve_tcp_listener(proxy: Proxy, stream: FastSocketStream, host: str, port: int) -> None:
     """A per-port TCP listener: each connection spliced to ``host:port`` over mTLS."""
     snap = proxy.snapshot
     cluster = snap.tcp_cluster(host, port)

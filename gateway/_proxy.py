@@ -32,6 +32,8 @@ from trustdomain import MtlsContexts, TrustDomainError
 from . import GatewayError
 from ._admin import AdminServer, RequestMetrics, inbound_labels, outbound_labels
 from ._config import ProxyConfig, parse_hostport
+from ._exchange import IdleWatch
+from ._fastio import FastSocketStream, listen, serve_socket
 from ._inbound import Caller, InboundListener
 from ._outbound import OutboundHttp, open_to_cluster, serve_tcp_listener
 from ._snapshot import H1_ALPN, ClusterConfig, Snapshot, StatsStore, compile_snapshot
@@ -70,6 +72,7 @@ class Proxy:
         self._listeners: dict[ListenerKey, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self.pool = UpstreamPool(lambda: self.client_mtls)
+        self.idle = IdleWatch(self._idle_timeout)
         diagnostics = self.apply(config)
         if self._snapshot is None:
             raise ProxyConfigError(diagnostics)
@@ -84,6 +87,10 @@ class Proxy:
         snap = self._snapshot
         assert snap is not None
         return snap
+
+    def _idle_timeout(self) -> float | None:
+        timeout = self.snapshot.limits.idle_timeout
+        return timeout.seconds if timeout is not None else None
 
     @property
     def app_connect_timeout(self) -> float:
@@ -131,6 +138,7 @@ class Proxy:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
+                await nursery.start(self.idle.run)
                 for key in self._wanted():
                     await nursery.start(self._listen, key, True)
                 self._nursery = nursery
@@ -168,7 +176,7 @@ class Proxy:
         with trio.CancelScope() as scope:
             self._listeners[key] = scope
             try:
-                listeners = await trio.open_tcp_listeners(port, host=host)
+                listener = listen(host, port)
             except OSError as exc:
                 self._listeners.pop(key, None)
                 if initial:
@@ -176,18 +184,18 @@ class Proxy:
                 log.error("cannot listen on %s (%s): %s", address, kind, exc)
                 task_status.started()
                 return
-            bound = listeners[0].socket.getsockname()
+            bound = listener.getsockname()
             self.addresses[_name(key)] = (bound[0], bound[1])
             handler = self._handler(kind, target_host, target_port)
             task_status.started()
             log.info("%s listener on %s:%d", kind, bound[0], bound[1])
             try:
-                await trio.serve_listeners(handler, listeners)
+                await serve_socket(listener, handler)
             finally:
                 if self._listeners.get(key) is scope:
                     del self._listeners[key]
 
-    def _handler(self, kind: str, target_host: str, target_port: int) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    def _handler(self, kind: str, target_host: str, target_port: int) -> Callable[[FastSocketStream], Awaitable[None]]:
         if kind == "outbound":
             serve = self.outbound.handle_connection
         elif kind == "inbound":
@@ -195,17 +203,16 @@ class Proxy:
         elif kind == "admin":
             serve = self.admin.handle_connection
         else:
-            async def serve(stream: trio.SocketStream) -> None:
+            async def serve(stream: FastSocketStream) -> None:
                 await serve_tcp_listener(self, stream, target_host, target_port)
 
-        async def guarded(stream: trio.SocketStream) -> None:
+        async def guarded(stream: FastSocketStream) -> None:
             try:
                 await serve(stream)
             except Exception:  # noqa: BLE001 - one bad connection never takes the listener down
                 log.exception("%s connection failed", kind)
             finally:
-                with trio.CancelScope(shield=True):
-                    await trio.aclose_forcefully(stream)
+                stream.close()
         return guarded
 
     async def connect_cluster(self, cluster: ClusterConfig) -> UpstreamConnection:

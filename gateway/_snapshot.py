@@ -41,7 +41,7 @@ from trustdomain._svid import uri_sans
 from ._actions import qualify_host
 from ._authz import Authorizer
 from ._balancer import Balancer, BalancerError, Host, load_balancer_for, make_balancer, subset_hosts
-from ._breaker import CircuitBreaker, CircuitBreakerConfig
+from ._breaker import UINT32_MAX, CircuitBreaker, CircuitBreakerConfig
 from ._config import EndpointSpec, ProxyConfig, ServiceSpec, parse_hostport
 from ._delegate import is_exported_to
 from ._hashkey import HashPolicy
@@ -129,6 +129,11 @@ class ClusterConfig:
     hash_policy: HashPolicy | None = None
     destination_rule: str = ""
     """``namespace/name`` of the DestinationRule in force, empty for none."""
+    limits_requests: bool = field(init=False, repr=False)
+    """The breaker bounds requests (Istio's default 2^32-1 does not): only then is it asked."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limits_requests", self.breaker.config.max_requests < UINT32_MAX)
 
     @property
     def is_http(self) -> bool:

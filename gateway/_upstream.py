@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import trio
 from trustdomain import MtlsContexts, TrustDomainError
 
 from ._events import Role
+from ._fastio import FastSocketStream, FastTlsStream, connect
 from ._http1 import Http1Connection
 from ._limits import DEFAULT_LIMITS, HttpLimits
 from ._rescue import UpstreamConnectError
@@ -47,12 +47,13 @@ PoolKey = tuple[str, int, str, str]
 class UpstreamConnection:
     """One open upstream connection and its HTTP/1.1 client codec."""
 
-    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "_sock", "_pool")
+    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "_raw", "_pool")
 
-    def __init__(self, key: PoolKey, stream: trio.abc.Stream, sock: trio.socket.SocketType,
+    def __init__(self, key: PoolKey, stream: trio.abc.Stream, raw: FastSocketStream,
                  pool: UpstreamPool | None, limits: HttpLimits = DEFAULT_LIMITS) -> None:
         self.key = key
         self.stream = stream
+        """The stream to speak HTTP on: ``raw`` itself, or TLS over it."""
         self.codec = Http1Connection(Role.CLIENT, limits)
         self.served = 0
         """Requests completed on this connection."""
@@ -60,7 +61,7 @@ class UpstreamConnection:
         self.closed = False
         self.peer = ""
         """The verified SPIFFE ID of the server, for mTLS connections."""
-        self._sock = sock
+        self._raw = raw
         self._pool = pool
 
     @property
@@ -73,7 +74,7 @@ class UpstreamConnection:
             return True
         try:
             poller = select.poll()
-            poller.register(self._sock.fileno(), select.POLLIN)
+            poller.register(self._raw.fileno(), select.POLLIN)
             return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
@@ -85,10 +86,7 @@ class UpstreamConnection:
         self.closed = True
         if self._pool is not None:
             self._pool._closed(self)
-        try:
-            self._sock.close()
-        except OSError:  # pragma: no cover - close() on a socket does not fail on Linux
-            pass
+        self._raw.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -112,33 +110,31 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
     ``UpstreamConnectError`` naming the address and why on any failure."""
     address, port, sni, _ = key
     where = f"{address}:{port}"
-    sock = trio.socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    raw: FastSocketStream | None = None
     try:
         with trio.fail_after(timeout):
-            await sock.connect((address, port))
-            stream: trio.abc.Stream = trio.SocketStream(sock)
+            raw = await connect(address, port)
+            stream: trio.abc.Stream = raw
             peer = ""
             if sni:
                 if mtls is None:
                     raise UpstreamConnectError(where, "mTLS needed but the proxy has no certificate")
-                stream, identity = await mtls.connect(stream, server_name=sni)
+                handshaken, identity = await mtls.connect(raw, server_name=sni)
+                stream = FastTlsStream.take_over(handshaken)
                 peer = str(identity.spiffe_id)
-    except trio.TooSlowError:
-        sock.close()
-        raise UpstreamConnectError(where, f"connect timeout after {timeout:g}s") from None
-    except OSError as exc:
-        sock.close()
-        raise UpstreamConnectError(where, os.strerror(exc.errno) if exc.errno else str(exc)) from None
-    except TrustDomainError as exc:  # PeerRefused: the server is not who the bundle vouches for
-        sock.close()
-        raise UpstreamConnectError(where, f"TLS peer refused: {exc}") from None
-    except trio.BrokenResourceError as exc:
-        sock.close()
-        raise UpstreamConnectError(where, f"TLS handshake failed: {exc.__cause__ or exc}") from None
-    except BaseException:
-        sock.close()
+    except BaseException as exc:
+        if raw is not None:
+            raw.close()
+        if isinstance(exc, trio.TooSlowError):
+            raise UpstreamConnectError(where, f"connect timeout after {timeout:g}s") from None
+        if isinstance(exc, OSError):
+            raise UpstreamConnectError(where, os.strerror(exc.errno) if exc.errno else str(exc)) from None
+        if isinstance(exc, TrustDomainError):  # PeerRefused: not who the bundle vouches for
+            raise UpstreamConnectError(where, f"TLS peer refused: {exc}") from None
+        if isinstance(exc, trio.BrokenResourceError):
+            raise UpstreamConnectError(where, f"TLS handshake failed: {exc.__cause__ or exc}") from None
         raise
-    conn = UpstreamConnection(key, stream, sock, pool, limits)
+    conn = UpstreamConnection(key, stream, raw, pool, limits)
     conn.peer = peer
     return conn
 

@@ -200,7 +200,8 @@ class Pair:
 async def start_pair(nursery: trio.Nursery, pki: Any, folder: Path, *, app: Any = None, app_serve: Any = None,
                      **config: Any) -> Pair:
     """Start ``app`` (an EchoApp by default; ``app_serve(host, task_status)`` for another
-    server), a server sidecar in front of it and a client sidecar, on a fresh 127.a.b block."""
+    server), a server sidecar in front of it and a client sidecar, on a fresh 127.a.b block.
+    ``{client}`` in a config string stands for the client sidecar's address."""
     from ._config import load_proxy_config
     from ._proxy import Proxy
 
@@ -209,6 +210,7 @@ async def start_pair(nursery: trio.Nursery, pki: Any, folder: Path, *, app: Any 
     serve = app_serve or app.serve
     _, app_port = await nursery.start(serve, f"{block}.2")
     addrs = PairAddresses(f"{block}.1", f"{block}.2", app_port)
+    config = {k: v.replace("{client}", addrs.client) if isinstance(v, str) else v for k, v in config.items()}
     client_path, server_path = sidecar_configs(pki, folder, addrs, **config)
     proxies = []
     for path in (server_path, client_path):

@@ -93,7 +93,7 @@ async def test_proxy_serves_reloads_refuses_and_stops_cleanly(nursery: trio.Nurs
     client = await launch(nursery, client_path)
     assert server.ready == f"ready admin={block}.2:15000 inbound={block}.2:15006"
     proxy = f"http://{block}.1:15001"
-    url = f"http://echo.demo.svc.cluster.local:8080/cli"
+    url = "http://echo.demo.svc.cluster.local:8080/cli"
     code, out, err = await curl("-x", proxy, url)
     assert code == 0, err + client.stderr.decode()
     assert json.loads(out)["target"] == "/cli"
@@ -101,7 +101,8 @@ async def test_proxy_serves_reloads_refuses_and_stops_cleanly(nursery: trio.Nurs
     good = client_path.read_text()
     client_path.write_text(good.replace('version: "1"', 'version: "2"').replace("outbound:", "outbund:"))
     await client.wait_stderr(f"{client_path}: refused; version '1' stays in force")
-    assert f"{client_path}:11: spec.listeners.outbund: unknown field" in client.stderr.decode()
+    line = client_path.read_text().splitlines().index(f"    outbund: {block}.1:15001") + 1
+    assert f"{client_path}:{line}: spec.listeners.outbund: unknown field 'outbund'" in client.stderr.decode()
     code, out, _ = await curl("-x", proxy, url)
     assert code == 0 and json.loads(out)["target"] == "/cli"
 

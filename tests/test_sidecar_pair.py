@@ -5,14 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from gateway._config import load_proxy_config, load_proxy_config_text
 from gateway._xfcc import parse as parse_xfcc
-from gateway.testing import Pair, curl, start_pair
+from gateway.testing import EchoApp, Pair, curl, start_pair
 from trustdomain.testing import MeshPki
 
 BIG_MB = int(os.environ.get("MESHFED_PAIR_BODY_MB", "64"))
@@ -201,3 +203,62 @@ async def test_measured_requests_per_second_through_the_pair(pair: Pair) -> None
     rate = done / (trio.current_time() - start)
     print(f"\npair in one process (client, 2 sidecars, app on one core): {rate:.0f} requests/s")
     assert done > 0
+
+
+def tls_app(pki: MeshPki, folder: Path, app: EchoApp):  # noqa: ANN201 - an app_serve for start_pair
+    """An HTTPS app (certificate for echo.demo.svc.cluster.local from the mesh CA)."""
+    files = pki.write_svid(pki.svid("east.example", "demo", "echo", dns_names=("echo.demo.svc.cluster.local",)),
+                           folder / "app-certs")
+    bundle = folder / "app-certs" / "bundle.pem"
+    bundle.write_bytes(files["cert"].read_bytes() + files["chain"].read_bytes())
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(bundle, files["key"])
+
+    async def serve(host: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host=host)
+        task_status.started(listeners[0].socket.getsockname()[:2])
+
+        async def handle(stream: trio.SocketStream) -> None:
+            tls = trio.SSLStream(stream, context, server_side=True)
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError:
+                return
+            await app.handle_connection(tls)  # type: ignore[arg-type]
+
+        await trio.serve_listeners(handle, listeners)
+    return serve, files["root"]
+
+
+async def test_connect_tunnels_tls_to_the_app_behind_the_server_sidecar(nursery: trio.Nursery, pki: MeshPki,
+                                                                      tmp_path: Path) -> None:
+    app = EchoApp()
+    serve, root = tls_app(pki, tmp_path, app)
+    pair = await start_pair(nursery, pki, tmp_path, app=app, app_serve=serve, app_protocol="tcp",
+                            service_protocol="tcp")
+    url = f"https://echo.demo.svc.cluster.local:{pair.addrs.service_port}/tunnel"
+    code, out, err = await curl("-v", "-p", "-x", pair.proxy_url, "--cacert", str(root), url, url)
+    assert code == 0, err
+    assert "HTTP/1.1 200" in err and "CONNECT echo.demo.svc.cluster.local:8080 HTTP/1.1" in err
+    assert [s.target for s in app.seen] == ["/tunnel", "/tunnel"]
+    assert app.connections == 1  # both requests in one tunnel
+
+
+async def test_connect_to_an_unknown_service_is_404(pair: Pair) -> None:
+    code, out, err = await curl("-p", "-x", pair.proxy_url, "https://nowhere.example/")
+    assert code != 0 and "CONNECT tunnel failed, response 404" in err
+
+
+async def test_tcp_listener_splices_to_the_service(nursery: trio.Nursery, pki: MeshPki, tmp_path: Path) -> None:
+    app = EchoApp()
+    pair = await start_pair(nursery, pki, tmp_path, app=app, app_protocol="tcp", service_protocol="tcp",
+                            tcp_listeners="[{address: '{client}:19000', host: echo.demo.svc.cluster.local, port: 8080}]")
+    assert pair.client.addresses["tcp:echo.demo.svc.cluster.local:8080"] == (pair.addrs.client, 19000)
+    code, out, err = await curl(f"http://{pair.addrs.client}:19000/raw", f"http://{pair.addrs.client}:19000/again")
+    assert code == 0, err
+    assert [s.target for s in app.seen] == ["/raw", "/again"]
+    seen = app.seen[0].headers
+    assert "x-forwarded-client-cert" not in seen and seen["host"] == f"{pair.addrs.client}:19000"  # bytes untouched
+    code, out, _ = await curl(f"http://{pair.addrs.server}:15000/metrics")
+    assert any(x.startswith("istio_tcp_connections_opened_total{") and 'source_principal="spiffe://east.example/ns/'
+               'demo/sa/client"' in x for x in out.splitlines())

@@ -1,0 +1,216 @@
+"""One cluster's control plane as a process: ``python3 -m federation._cpprocess --dir DIR --cluster C``.
+
+``fedctl up`` starts one per cluster. It runs the ``ControlPlane`` (config source on DIR,
+discovery and CA service on :15012, metrics on :15014) and the mesh DNS (:15053) on the
+cluster's control-plane address, and adds what a process of ``fedctl up`` needs:
+
+* the scale overrides of ``DIR/.meshfed/scale.json`` (see ``_scale``) laid over every
+  version it serves - placements, endpoints, DNS - re-published when the file changes;
+* with ``--wiring files``, each proxy's ProxyConfig document of the cluster written to
+  ``proxies/<cluster>/<namespace>.<instance>/config.json`` whenever it changes (the
+  sidecar's ``fedctl proxy --config`` reloads it): the config push without discovery;
+* ``DIR/.meshfed/cp/<cluster>.json``, rewritten every second and after every change:
+  ``ControlPlane.status()``, the DNS counters, and the plan (the instances the cluster
+  should run), which the supervisor follows.
+
+SIGTERM or SIGINT stops it (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import trio
+
+from topology import ServiceRegistry
+from trustdomain import BootstrapAuthority, Bundle, BundleSet, CaDirectory, ClusterSigner, TrustDomain
+from trustdomain._files import read_certificates, write_private
+
+from ._configsource import ConfigVersion
+from ._controlplane import ControlPlane
+from ._dns_server import DnsServer
+from ._launch import DNS_PORT, Layout, plans_of
+from ._proxygen import TlsFiles, cluster_view
+from ._scale import Overrides, read_overrides, scale_path, scaled_version
+from ._state import write_atomic
+
+log = logging.getLogger("meshfed.federation.cpprocess")
+STATUS_INTERVAL = 1.0
+SCALE_POLL = 0.25
+
+
+def bootstrap_secret(layout: Layout, cluster: str) -> bytes:
+    """The cluster's bootstrap-token secret, created (0600) on first use."""
+    path = layout.bootstrap_secret(cluster)
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    data = secrets.token_bytes(32)
+    write_private(path, data)
+    return data
+
+
+def trust_bundles(cadir: CaDirectory) -> BundleSet:
+    """One bundle per cluster trust domain, each the roots its CA chains to."""
+    bundles = []
+    for cluster in cadir.clusters():
+        td = TrustDomain((cadir.path / cluster / "trust-domain").read_text().strip())
+        bundles.append(Bundle(td, tuple(read_certificates(cadir.path / cluster / "root-cert.pem"))))
+    return BundleSet.of(*bundles)
+
+
+def tls_paths(layout: Layout, bundles: BundleSet) -> Any:
+    root = str(layout.ca / "root-cert.pem")
+    files = {td.name: root for td in bundles.trust_domains}
+
+    def paths(p: Any) -> TlsFiles:
+        folder = layout.proxy_dir(p)
+        return TlsFiles(str(folder / "cert.pem"), str(folder / "key.pem"), str(folder / "chain.pem"), files)
+    return paths
+
+
+class ClusterProcess:
+    """The control plane, DNS, scale overrides and status file of one cluster."""
+
+    def __init__(self, layout: Layout, cluster: str, host: str, wiring: str) -> None:
+        self.layout = layout
+        self.cluster = cluster
+        self.host = host
+        self.wiring = wiring
+        cadir = CaDirectory(layout.ca)
+        signer = ClusterSigner(cadir.load_cluster(cluster), BootstrapAuthority(bootstrap_secret(layout, cluster)))
+        self.bundles = trust_bundles(cadir)
+        self.cp = ControlPlane(cluster, layout.mesh_dir, signer, self.bundles, host=host,
+                               tls=tls_paths(layout, self.bundles))
+        self.dns = DnsServer(ServiceRegistry(), cluster=cluster, host=host, port=DNS_PORT)
+        self.overrides: Overrides = read_overrides(layout.mesh_dir)
+        self.served: ConfigVersion | None = None
+        self._scaled: tuple[int, tuple[Any, ...], ConfigVersion] | None = None
+        self._written: dict[str, str] = {}
+        # after the ControlPlane's own listener: the scaled version replaces the one it just published
+        self.cp.source.on_version(lambda version: self.publish())
+
+    def scaled(self, version: ConfigVersion) -> ConfigVersion:
+        key = tuple(sorted(self.overrides.items()))
+        if self._scaled is None or self._scaled[:2] != (version.number, key):
+            self._scaled = (version.number, key, scaled_version(version, self.overrides))
+        return self._scaled[2]
+
+    def publish(self) -> None:
+        version = self.cp.source.current
+        if version is None:
+            return
+        served = self.scaled(version)
+        gen = self.cp.discovery.generator
+        if gen is None or gen.version is not served:
+            self.cp.discovery.publish(served)
+        self.served = served
+        self.dns.set_registry(cluster_view(served.registry, self.cluster))
+        if self.wiring == "files":
+            self.write_documents()
+        self.write_status()
+
+    def write_documents(self) -> None:
+        gen = self.cp.discovery.generator
+        if gen is None or self.served is None:
+            return
+        for p in self.served.placements:
+            if p.cluster != self.cluster:
+                continue
+            doc = gen.document(p)
+            path = self.layout.proxy_config(p)
+            if self._written.get(str(path)) != doc.digest or not path.exists():
+                write_atomic(path, b"".join(doc.parts))
+                self._written[str(path)] = doc.digest
+
+    def status(self) -> dict[str, Any]:
+        served = self.served
+        dns = self.dns.counters
+        return {
+            "cluster": self.cluster, "pid": os.getpid(), "host": self.host,
+            "dns": f"{self.host}:{self.dns.port}", "ready": served is not None,
+            "controlPlane": self.cp.status(),
+            "dnsCounters": {"udp": dns.udp_queries, "tcp": dns.tcp_queries, "byRcode": dict(dns.by_rcode)},
+            "plan": None if served is None else {
+                "version": served.number, "overrides": {"/".join(k): n for k, n in sorted(self.overrides.items())},
+                "instances": [p.to_json() for p in plans_of(served.placements, served.mesh, self.cluster)]},
+        }
+
+    def write_status(self) -> None:
+        write_atomic(self.layout.cp_status(self.cluster), json.dumps(self.status(), default=str).encode())
+
+    async def watch_overrides(self) -> None:
+        path = scale_path(self.layout.mesh_dir)
+        seen = _stamp(path)
+        while True:
+            await trio.sleep(SCALE_POLL)
+            stamp = _stamp(path)
+            if stamp != seen:
+                seen = stamp
+                overrides = read_overrides(self.layout.mesh_dir)
+                if overrides != self.overrides:
+                    log.info("scale overrides now %s", overrides)
+                    self.overrides = overrides
+                    self.publish()
+
+    async def report(self) -> None:
+        while True:
+            self.write_status()
+            await trio.sleep(STATUS_INTERVAL)
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.dns.serve)
+                await nursery.start(self.cp.run)
+                self.publish()
+                nursery.start_soon(self.watch_overrides)
+                nursery.start_soon(self.report)
+                log.info("control plane of %s ready on %s", self.cluster, self.host)
+                async for signum in signals:
+                    log.info("stopping on %s", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m federation._cpprocess")
+    parser.add_argument("--dir", required=True)
+    parser.add_argument("--cluster", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--wiring", choices=("files", "discovery"), default="files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        process = ClusterProcess(Layout(args.dir), args.cluster, args.host, args.wiring)
+        trio.run(process.run)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the log says why the control plane could not run
+        log.exception("control plane of %s failed: %s", args.cluster, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

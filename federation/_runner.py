@@ -1,0 +1,383 @@
+"""The supervisor's loop: run a mesh's processes, probe their readiness, follow the control planes.
+
+``MeshRunner.run`` starts every cluster's control plane, then each instance's app and
+sidecar, and ticks every ``TICK`` seconds until cancelled:
+
+1. ``Supervisor.poll`` reaps exits and restarts children whose backoff has passed;
+2. each control plane's plan (``cp/<cluster>.json``, written by ``_cpprocess``) is
+   followed: instances it no longer lists are stopped, new ones started (``fedctl
+   scale`` goes through here: the control plane serves the new endpoints first);
+3. readiness is probed: a control plane is ready once its status file names its
+   current PID with a config in force and its discovery port accepts; a sidecar once
+   its admin ``/ready`` answers 200 (its ``/config_dump`` then gives config version
+   and certificate expiry); an app once every port it serves accepts a connection
+   (an app without ports once it runs);
+4. ``state.json`` is rewritten when anything changed (and every few seconds anyway).
+
+With ``wiring="files"`` the supervisor issues each instance's SVID from the cluster CA
+and starts the sidecar once its control plane has written its config document; with
+``"discovery"`` it writes a bootstrap token and starts the sidecar at once.
+
+Cancelling ``run`` stops everything in order, shielded from the cancellation: apps
+first (they drain), then sidecars, then control planes; each group gets ``grace``
+seconds after SIGTERM before SIGKILL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+import trio
+
+from trustdomain import BootstrapAuthority, BootstrapGrant, CaDirectory, SpiffeId, TrustDomain, issue_svid, write_svid
+from trustdomain._files import write_private
+
+from ._launch import (
+    ADMIN_PORT, DISCOVERY_PORT, DNS_PORT, METRICS_PORT, InstancePlan, Layout, app_spec, control_plane_spec,
+    sidecar_spec,
+)
+from ._state import (
+    ClusterRecord, InstanceRecord, MeshState, ProcessRecord, WorkloadRecord, process_start_time, write_state,
+)
+from ._supervisor import DEFAULT_GRACE, Supervisor
+
+log = logging.getLogger("meshfed.federation.runner")
+TICK = 0.2
+PROBE_READY_EVERY = 2.0
+DUMP_EVERY = 10.0
+HEARTBEAT = 5.0
+PROBE_TIMEOUT = 1.0
+TOKEN_TTL = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    name: str
+    trust_domain: str
+    address_block: str
+    address: str
+
+
+@dataclass(slots=True)
+class _Instance:
+    plan: InstancePlan
+    app_ready: bool = False
+    sidecar_ready: bool = False
+    sidecar_started: bool = False
+    config_version: str | None = None
+    cert_not_after: str | None = None
+    next_probe: float = 0.0
+    next_dump: float = 0.0
+
+    @property
+    def app(self) -> str:
+        return f"{self.plan.cluster}/{self.plan.name}/app"
+
+    @property
+    def sidecar(self) -> str:
+        return f"{self.plan.cluster}/{self.plan.name}/sidecar"
+
+
+class MeshRunner:
+    """Runs one topology's processes; ``on_state(state)`` sees every state written."""
+
+    def __init__(self, layout: Layout, clusters: list[ClusterInfo], plans: list[InstancePlan],
+                 workloads: Mapping[tuple[str, str, str], int], *, wiring: str = "files",
+                 supervisor: Supervisor | None = None, environ: Mapping[str, str] | None = None,
+                 on_state: Callable[[MeshState], None] | None = None, grace: float = DEFAULT_GRACE) -> None:
+        self.layout = layout
+        self.clusters = {c.name: c for c in clusters}
+        self.wiring = wiring
+        self.sup = supervisor or Supervisor()
+        self.env = dict(os.environ if environ is None else environ)
+        self.on_state = on_state
+        self.grace = grace
+        self.workloads = dict(workloads)
+        self.instances: dict[tuple[str, str, str], _Instance] = {}
+        self.cp_ready: dict[str, bool] = {c.name: False for c in clusters}
+        self.cp_config: dict[str, bool] = {}
+        """Cluster -> its control plane's status file says a config is in force."""
+        self.plan_versions: dict[str, tuple[Any, ...]] = {}
+        self.phase = "starting"
+        self.error: str | None = None
+        self.me = ProcessRecord("supervisor", os.getpid(), process_start_time(os.getpid()), "running")
+        self._initial = plans
+        self._written: tuple[str, float] | None = None
+        self._cas: dict[str, Any] = {}
+        self._stopping: set[str] = set()
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _record(self, name: str) -> ProcessRecord:
+        child = self.sup.children.get(name)
+        if child is None:
+            return ProcessRecord(name, state="waiting")
+        return child.record()
+
+    def state(self) -> MeshState:
+        clusters = tuple(ClusterRecord(
+            c.name, c.trust_domain, c.address_block, c.address, f"{c.address}:{DISCOVERY_PORT}",
+            f"{c.address}:{METRICS_PORT}", f"{c.address}:{DNS_PORT}", self._record(f"{c.name}/control-plane"),
+            self.cp_ready[c.name]) for c in self.clusters.values())
+        workloads = tuple(WorkloadRecord(*k, n) for k, n in sorted(self.workloads.items()))
+        instances = tuple(InstanceRecord(
+            i.plan.cluster, i.plan.namespace, i.plan.workload, i.plan.instance, i.plan.address,
+            self._record(i.app), self._record(i.sidecar), tuple(p.target for p in i.plan.ports), i.app_ready,
+            i.sidecar_ready, i.plan.spiffe_id, i.config_version, i.cert_not_after)
+            for i in self.instances.values())
+        return MeshState(str(self.layout.mesh_dir), self.me, self.phase, self.error, self.wiring, clusters,
+                         workloads, instances)
+
+    def publish_state(self, force: bool = False) -> MeshState:
+        state = self.state()
+        text = json.dumps(replace(state, updated_at="").to_json(), sort_keys=True)
+        now = trio.current_time()
+        if force or self._written is None or self._written[0] != text or now - self._written[1] >= HEARTBEAT:
+            write_state(self.layout.mesh_dir, state)
+            self._written = (text, now)
+            if self.on_state is not None:
+                self.on_state(state)
+        return state
+
+    # -- starting --------------------------------------------------------------------------
+
+    def _ca(self, cluster: str) -> Any:
+        if cluster not in self._cas:
+            self._cas[cluster] = CaDirectory(self.layout.ca).load_cluster(cluster)
+        return self._cas[cluster]
+
+    def _credentials(self, plan: InstancePlan) -> None:
+        folder = self.layout.proxy_dir(plan)
+        folder.mkdir(parents=True, exist_ok=True)
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.wiring == "discovery":
+            secret = self.layout.bootstrap_secret(plan.cluster).read_bytes()
+            grant = BootstrapGrant(TrustDomain(plan.trust_domain), ((plan.namespace, plan.service_account),),
+                                   now + TOKEN_TTL)
+            write_private(folder / "token", BootstrapAuthority(secret).mint(grant).encode())
+        else:
+            svid = issue_svid(self._ca(plan.cluster), SpiffeId.parse(plan.spiffe_id), now)
+            write_svid(folder, svid)
+
+    def start_control_plane(self, cluster: ClusterInfo) -> None:
+        self.sup.start(control_plane_spec(cluster.name, cluster.address, self.layout, self.env, self.wiring))
+
+    def add_instance(self, plan: InstancePlan) -> None:
+        inst = _Instance(plan)
+        self.instances[plan.key] = inst
+        self._credentials(plan)
+        self.sup.start(app_spec(plan, self.layout, self.env))
+        self._maybe_start_sidecar(inst)
+
+    def _maybe_start_sidecar(self, inst: _Instance) -> None:
+        if inst.sidecar_started:
+            return
+        if self.wiring == "files" and not self.layout.proxy_config(inst.plan).exists():
+            return  # its control plane has not written its config yet
+        cp = self.clusters[inst.plan.cluster].address
+        self.sup.start(sidecar_spec(inst.plan, self.layout, self.env, self.wiring, cp))
+        inst.sidecar_started = True
+
+    async def stop_instance(self, inst: _Instance) -> None:
+        names = [inst.app, inst.sidecar]
+        self._stopping.update(names)
+        try:
+            await self.stop_children([inst.app])
+            await self.stop_children([inst.sidecar])
+        finally:
+            for name in names:
+                self.sup.children.pop(name, None)
+                self._stopping.discard(name)
+
+    async def stop_children(self, names: list[str]) -> None:
+        names = [n for n in names if n in self.sup.children]
+        self.sup.terminate(names)
+        with trio.move_on_after(self.grace):
+            while self.sup.running(names):
+                await trio.sleep(0.05)
+                self.sup.poll()
+        self.sup.kill(names)
+
+    # -- following the control planes ------------------------------------------------------
+
+    def follow_plans(self, nursery: trio.Nursery) -> None:
+        for name in self.clusters:
+            child = self.sup.children.get(f"{name}/control-plane")
+            try:
+                doc = json.loads(self.layout.cp_status(name).read_text())
+            except (OSError, ValueError):
+                continue
+            if child is None or doc.get("pid") != child.pid:
+                continue  # a previous control plane's file
+            self.cp_status_seen(name, doc)
+            plan = doc.get("plan")
+            if not plan:
+                continue
+            marker = (plan.get("version"), json.dumps(plan.get("instances"), sort_keys=True))
+            if self.plan_versions.get(name) == marker:
+                continue
+            self.plan_versions[name] = marker
+            self.reconcile(name, [InstancePlan.from_json(p) for p in plan.get("instances") or ()], nursery)
+
+    def cp_status_seen(self, name: str, doc: Mapping[str, Any]) -> None:
+        self.cp_config[name] = bool(doc.get("ready"))
+
+    def reconcile(self, cluster: str, plans: list[InstancePlan], nursery: trio.Nursery) -> None:
+        wanted = {p.key: p for p in plans}
+        for key, inst in list(self.instances.items()):
+            if key[0] == cluster and wanted.get(key) != inst.plan:
+                del self.instances[key]
+                nursery.start_soon(self.stop_instance, inst)
+        counts: dict[tuple[str, str, str], int] = {k: 0 for k in self.workloads if k[0] == cluster}
+        for plan in plans:
+            counts[(plan.cluster, plan.namespace, plan.workload)] = counts.get(
+                (plan.cluster, plan.namespace, plan.workload), 0) + 1
+            if plan.key not in self.instances:
+                log.info("starting %s/%s at %s", plan.cluster, plan.name, plan.address)
+                self.add_instance(plan)
+        self.workloads.update(counts)
+
+    # -- probing ---------------------------------------------------------------------------
+
+    async def probe_control_plane(self, name: str) -> None:
+        child = self.sup.children.get(f"{name}/control-plane")
+        ready = (child is not None and child.state == "running" and self.cp_config.get(name, False)
+                 and await _accepts(self.clusters[name].address, DISCOVERY_PORT))
+        self.cp_ready[name] = bool(ready)
+
+    async def probe_instance(self, inst: _Instance, now: float) -> None:
+        app, sidecar = self.sup.children.get(inst.app), self.sup.children.get(inst.sidecar)
+        if app is None or app.state != "running":
+            inst.app_ready = False
+        elif not inst.app_ready or now >= inst.next_probe:
+            ports = [p.target for p in inst.plan.ports]
+            inst.app_ready = all([await _accepts(inst.plan.address, port) for port in dict.fromkeys(ports)])
+        if sidecar is None or sidecar.state != "running":
+            inst.sidecar_ready = False
+        elif not inst.sidecar_ready or now >= inst.next_probe:
+            status, _ = await _http_get(inst.plan.address, ADMIN_PORT, "/ready")
+            was, inst.sidecar_ready = inst.sidecar_ready, status == 200
+            if inst.sidecar_ready and (not was or now >= inst.next_dump):
+                inst.next_dump = now + DUMP_EVERY
+                await self._dump(inst)
+        if inst.app_ready and inst.sidecar_ready and now >= inst.next_probe:
+            inst.next_probe = now + PROBE_READY_EVERY
+
+    async def _dump(self, inst: _Instance) -> None:
+        status, body = await _http_get(inst.plan.address, ADMIN_PORT, "/config_dump")
+        if status != 200:
+            return
+        try:
+            dump = json.loads(body)
+        except ValueError:
+            return
+        inst.config_version = dump.get("version")
+        inst.cert_not_after = (dump.get("tls") or {}).get("not_after")
+
+    async def probe_all(self) -> None:
+        now = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for name in self.clusters:
+                nursery.start_soon(self.probe_control_plane, name)
+            for inst in list(self.instances.values()):
+                nursery.start_soon(self.probe_instance, inst, now)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for cluster in self.clusters.values():
+                    self.start_control_plane(cluster)
+                for plan in self._initial:
+                    self.add_instance(plan)
+                self.publish_state(force=True)
+                task_status.started()
+                while True:
+                    self.tick(nursery)
+                    await self.probe_all()
+                    if self.phase == "starting" and self.state().ready:
+                        self.phase = "running"
+                    self.publish_state()
+                    await trio.sleep(TICK)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.shutdown()
+
+    def tick(self, nursery: trio.Nursery) -> None:
+        for child in self.sup.poll():
+            if child.spec.name not in self._stopping and child.state in ("backoff", "failed"):
+                log.warning("%s exited with %s; %s", child.spec.name, child.exit_code,
+                            "giving up" if child.state == "failed" else f"restart #{child.restarts + 1} soon")
+        self.follow_plans(nursery)
+        for inst in self.instances.values():
+            self._maybe_start_sidecar(inst)
+
+    async def shutdown(self) -> None:
+        self.phase = "stopping"
+        self.publish_state(force=True)
+        for child in self.sup.children.values():
+            child.restart_at = None  # nothing restarts from here on
+        apps = [i.app for i in self.instances.values()]
+        sidecars = [i.sidecar for i in self.instances.values()]
+        await self.stop_children(apps)
+        await self.stop_children(sidecars)
+        await self.stop_children([f"{c}/control-plane" for c in self.clusters])
+        self.sup.kill(list(self.sup.children))
+        self.phase = "stopped"
+        self.publish_state(force=True)
+
+
+async def _accepts(host: str, port: int) -> bool:
+    try:
+        with trio.fail_after(PROBE_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError):
+        return False
+    await trio.aclose_forcefully(stream)
+    return True
+
+
+async def _http_get(host: str, port: int, path: str, limit: int = 8 << 20) -> tuple[int, bytes]:
+    """(status, body) of a plain HTTP/1.1 GET; (0, b"") when there is no answer."""
+    try:
+        with trio.fail_after(PROBE_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, port)
+            try:
+                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+                                      .encode())
+                data = bytearray()
+                while len(data) < limit and (chunk := await stream.receive_some(65536)):
+                    data += chunk
+            finally:
+                await trio.aclose_forcefully(stream)
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+        return 0, b""
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return 0, b""
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return int(parts[1]), body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            return bytes(out)
+        try:
+            size = int(data[pos:end].split(b";")[0], 16)
+        except ValueError:
+            return bytes(out)
+        if size == 0:
+            return bytes(out)
+        out += data[end + 2:end + 2 + size]
+        pos = end + 2 + size + 2
