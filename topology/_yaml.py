@@ -24,6 +24,31 @@ try:  # libyaml makes composing ~10x faster; the pure loader behaves the same.
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _BaseLoader = yaml.SafeLoader
 
+class _FastLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """libyaml's composer calls back into Python for every node; these overrides keep
+    those callbacks to a dict lookup (the safe schema has no path resolvers)."""
+
+    _implicit = yaml.SafeLoader.yaml_implicit_resolvers
+    _STR_TAG = "tag:yaml.org,2002:str"
+    _MAP_TAG = "tag:yaml.org,2002:map"
+    _SEQ_TAG = "tag:yaml.org,2002:seq"
+
+    def resolve(self, kind: type, value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode:
+            if implicit[0]:
+                for tag, regexp in self._implicit.get(value[:1], ()):
+                    if regexp.match(value):
+                        return tag
+            return self._STR_TAG
+        return self._MAP_TAG if kind is yaml.MappingNode else self._SEQ_TAG
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+
 MAX_NODES_PER_DOCUMENT = 2_000_000
 """Upper bound on values built for one document, alias expansion included."""
 
@@ -124,7 +149,7 @@ def load_documents(text: str, file: str) -> tuple[list[Document], list[Diagnosti
     """
     docs: list[Document] = []
     diags: list[Diagnostic] = []
-    loader = _BaseLoader(text)
+    loader = _FastLoader(text)
     try:
         index = 0
         while loader.check_node():
