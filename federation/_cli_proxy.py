@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from gateway import GatewayError
 from gateway._config import load_proxy_config
 from gateway._proxy import Proxy, ProxyConfigError
 from topology import Diagnostic
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         return trio.run(_serve, proxy, args.config)
     except KeyboardInterrupt:
         return 0
+    except GatewayError as exc:  # a listener that cannot bind, ...
+        print(f"fedctl proxy: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def reload(proxy: Proxy, path: str) -> bool:

@@ -2,9 +2,11 @@
 
 Theory of operation. ``poll()`` walks the directory (the embedded default store: no
 etcd, no Kubernetes API), stats every YAML file and compares (mtime, size) with what it
-saw last. Nothing changed: nothing to do. Otherwise the changed files are read, and a
-file whose bytes hash as before is taken from the per-file cache, so one edited file in
-a tree of a thousand costs one file's decode. The whole set is then validated the way
+saw last (files modified in the last two seconds are re-hashed regardless, see
+``RACY_NS``). Nothing changed: nothing to do. Otherwise the changed files are read, and
+a file whose bytes hash as before is taken from the per-file cache, so one edited file
+in a tree of a thousand costs one file's decode; content already accepted or refused
+is not evaluated again. The whole set is then validated the way
 ``fedctl validate`` does (decode errors, ``topology._analyze.analyze``) and compiled
 (placements and the service registry). Any error refuses the change: the previous
 ``ConfigVersion`` stays in force and the refusal (its ``file:line: path: message``
@@ -15,7 +17,7 @@ Compiling is what a 10,000-endpoint topology pays for, so the registry and place
 are rebuilt only when a resource they depend on changed (Mesh, Kubernetes Services and
 workloads, ServiceEntry, WorkloadEntry): an edited VirtualService reuses them. And
 ``analyze`` (which builds a registry of its own) runs after the version is accepted,
-off the push path: its findings are warnings, and its one error ("cannot place the
+off the push path (after a quiet second): its findings are warnings, and its one error ("cannot place the
 workloads") is raised by our own registry build first, so deferring it never turns a
 refusal into an acceptance. Its warnings appear in ``status()`` once computed.
 
@@ -33,6 +35,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -49,8 +52,14 @@ from topology._yaml import load_documents
 
 log = logging.getLogger("meshfed.federation.config")
 
-DEFAULT_POLL_INTERVAL = 0.2
+DEFAULT_POLL_INTERVAL = 0.1
 """Seconds between two walks of the directory."""
+RACY_NS = 2_000_000_000
+"""A file modified this recently is re-hashed at every poll even if (mtime, size) did not move:
+a rewrite of the same size within one filesystem timestamp tick would look unchanged (git's
+"racily clean" entries)."""
+ANALYZE_DELAY = 1.0
+"""Quiet seconds after a new version before ``analyze`` runs on it."""
 MAX_REFUSALS_KEPT = 16
 REGISTRY_KINDS = frozenset({"Mesh", "Service", "Deployment", "StatefulSet", "ServiceEntry", "WorkloadEntry"})
 """Kinds ``build_registry`` and ``placements`` read: a change elsewhere reuses the registry."""
@@ -117,13 +126,15 @@ class ConfigSource:
 
     def __init__(self, directory: str | os.PathLike[str], *, interval: float = DEFAULT_POLL_INTERVAL,
                  clock: Callable[[], dt.datetime] = _utcnow, kube_cluster: str | None = None,
-                 checks: tuple[Check, ...] = (), first_version: int = 1, in_thread: bool = True) -> None:
+                 checks: tuple[Check, ...] = (), first_version: int = 1, in_thread: bool = True,
+                 analyze_delay: float = ANALYZE_DELAY) -> None:
         self.directory = Path(directory)
         self.interval = interval
         self.clock = clock
         self.kube_cluster = kube_cluster
         self.checks = checks
         self.in_thread = in_thread
+        self.analyze_delay = analyze_delay
         self.current: ConfigVersion | None = None
         self.refusal: ConfigRefusal | None = None
         """The last refused change, cleared when a later change is accepted."""
@@ -132,6 +143,8 @@ class ConfigSource:
         self._next = first_version
         self._files: dict[str, _FileState] = {}
         self._stamps: dict[str, tuple[int, int]] | None = None
+        self._evaluated: dict[str, str] | None = None
+        """Path -> digest of the content last accepted or refused: it is not evaluated twice."""
         self._last_quiet = self.clock()
         self._listeners: list[Callable[[ConfigVersion], None]] = []
         self._refusal_listeners: list[Callable[[ConfigRefusal], None]] = []
@@ -166,31 +179,37 @@ class ConfigSource:
         """Look once; the new version, the refusal, or None when nothing changed."""
         now = self.clock()
         stamps = self._stat()
-        if stamps == self._stamps:
+        fs_now = time.time_ns()  # the files' clock, whatever ``clock`` says
+        racy = {p for p, (mtime, _) in stamps.items() if fs_now - mtime < RACY_NS}
+        if stamps == self._stamps and not racy:
             self._last_quiet = now
             return None
-        changed = sorted(p for p in stamps.keys() | (self._stamps or {}).keys()
-                         if stamps.get(p) != (self._stamps or {}).get(p))
         self._stamps = stamps
+        for path in stamps:
+            self._files[path] = self._load(path, stamps[path], self._files.get(path), path in racy)
+        for path in list(self._files):
+            if path not in stamps:
+                del self._files[path]
+        digests = {p: self._files[p].digest for p in stamps}
+        if digests == self._evaluated:
+            self._last_quiet = now
+            return None
+        before = self._evaluated or {}
+        changed = sorted(p for p in digests.keys() | before.keys() if digests.get(p) != before.get(p))
+        self._evaluated = digests
         mtimes = [stamps[p][0] for p in changed if p in stamps]
         changed_at = now
         if self.current is not None and mtimes:
             first = dt.datetime.fromtimestamp(min(mtimes) / 1e9, dt.timezone.utc)
             changed_at = min(now, max(first, self._last_quiet))
         self._last_quiet = now
-        for path in stamps:
-            self._files[path] = self._load(path, stamps[path], self._files.get(path))
-        for path in list(self._files):
-            if path not in stamps:
-                del self._files[path]
-        digests = {p: self._files[p].digest for p in stamps}
         if self.current is not None and digests == dict(self.current.files):
             self.refusal = None  # back to the content in force
             return None
         return self._compile(digests, changed, now, changed_at)
 
-    def _load(self, path: str, stamp: tuple[int, int], old: _FileState | None) -> _FileState:
-        if old is not None and (old.mtime_ns, old.size) == stamp:
+    def _load(self, path: str, stamp: tuple[int, int], old: _FileState | None, racy: bool) -> _FileState:
+        if old is not None and (old.mtime_ns, old.size) == stamp and not racy:
             return old
         try:
             data = Path(path).read_bytes()
@@ -199,7 +218,7 @@ class ConfigSource:
                 diagnostics=[Diagnostic(path, 0, "", f"cannot read file: {exc}")], files=[path]), {})
         digest = hashlib.sha256(data).hexdigest()
         if old is not None and old.digest == digest:
-            return _FileState(*stamp, digest, old.result, old.raw)
+            return old if (old.mtime_ns, old.size) == stamp else _FileState(*stamp, digest, old.result, old.raw)
         result, raw = load_file_bytes(path, data)
         return _FileState(*stamp, digest, result, raw)
 
@@ -265,24 +284,29 @@ class ConfigSource:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Poll every ``interval`` seconds until cancelled; started after the first poll.
 
-        Listeners are called here, in trio's thread, even when the poll ran in a worker."""
+        Listeners are called here, in trio's thread, even when the poll ran in a worker.
+        ``analyze`` waits for ``analyze_delay`` seconds without a change, so that its CPU
+        (it builds a registry of its own) does not compete with the pushes of a version."""
+        accepted_at = trio.current_time()
         await self._step()
         task_status.started()
         while True:
             await trio.sleep(self.interval)
-            await self._step()
+            outcome = await self._step()
+            if isinstance(outcome, ConfigVersion):
+                accepted_at = trio.current_time()
+            elif self._pending_analysis is not None and trio.current_time() - accepted_at >= self.analyze_delay:
+                await self._run(self.analyze_pending)
 
-    async def _step(self) -> None:
-        if self.in_thread:  # a large reload must not stall the pushes and ACKs in flight
-            outcome = await trio.to_thread.run_sync(self.poll)
-        else:
-            outcome = self.poll()
+    async def _step(self) -> ConfigVersion | ConfigRefusal | None:
+        outcome = await self._run(self.poll)
         self.notify(outcome)
-        if isinstance(outcome, ConfigVersion):
-            if self.in_thread:
-                await trio.to_thread.run_sync(self.analyze_pending)
-            else:
-                self.analyze_pending()
+        return outcome
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        if self.in_thread:  # a large reload must not stall the pushes and ACKs in flight
+            return await trio.to_thread.run_sync(fn)
+        return fn()
 
     def notify(self, outcome: ConfigVersion | ConfigRefusal | None) -> None:
         """Hand a poll's outcome to the listeners."""

@@ -143,7 +143,7 @@ class ControlPlane:
         svid = self.contexts.svid
         return {"cluster": self.cluster, "trustDomain": self.trust_domain.name,
                 "discovery": _hostport(self.discovery_address), "metrics": _hostport(self.metrics_address),
-                "config": self.source.status(), "discoveryServer": self.discovery.status(),
+                "config": self.source.status(), **self.discovery.status(),
                 "certificates": self.certificates.status(),
                 "svid": {"spiffeId": str(svid.spiffe_id), "notAfter": svid.not_after.isoformat()}}
 

@@ -44,7 +44,7 @@ from typing import Any, Callable
 import trio
 
 from gateway._discovery_wire import (
-    CONTENT_FRAMES, PATH_ACK, PATH_SUBSCRIBE, Ack, FrameHeader, NodeIdentity, WireError, encode_frame,
+    CONTENT_FRAMES, PATH_ACK, PATH_SUBSCRIBE, Ack, NodeIdentity, WireError, encode_frame,
 )
 from topology import ServiceRegistry
 from trustdomain import TrustDomain
@@ -115,6 +115,8 @@ class _Subscription:
     state: ProxyState
     sent_digest: str | None
     in_flight: dict[str, Push] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
+    """Ids of the parts the proxy holds: those of the last frame on this connection."""
 
 
 class DiscoveryServer:
@@ -237,7 +239,7 @@ class DiscoveryServer:
             del sub.in_flight[next(iter(sub.in_flight))]
         sub.state.last_pushed = push
         sub.sent_digest = doc.digest
-        await req.send(encode_frame(FrameHeader(doc.version, nonce, doc.digest, doc.size), doc.parts))
+        await req.send(encode_frame(doc.version, nonce, doc.digest, doc.parts, doc.ids, sub.known))
         self.metrics.pushes.inc()
         self._progressed()
 
@@ -272,8 +274,8 @@ class DiscoveryServer:
         self._progressed()
 
     def status(self) -> dict[str, Any]:
-        return {"version": self.generator.version.number if self.generator else None,
-                "connected": self.connected,
+        return {"servedVersion": self.generator.version.number if self.generator else None,
+                "connectedProxies": self.connected,
                 "proxies": [s.to_json() for _, s in sorted(self.proxies.items())]}
 
 

@@ -29,7 +29,7 @@ class Progress:
         self.write = write or (lambda line: print(line, flush=True))
         self.clock = clock
         self.announced: set[tuple[str, ...]] = set()
-        self.exits: dict[str, int] = {}
+        self.exits: dict[str, str] = {}
         self.table_shown = False
 
     def intro(self, clusters: Iterable[object], plans: list[InstancePlan], layout: Layout) -> str:
@@ -59,11 +59,12 @@ class Progress:
             if c.ready and all(i.ready for i in insts) and ("c", c.name) not in self.announced:
                 self.announced.add(("c", c.name))
                 self._say(f"{c.name:<8} cluster ready: {len(insts)} instance(s)")
-        for p in state.processes():
-            if p.state in ("backoff", "failed") and self.exits.get(p.name) != p.restarts:
-                self.exits[p.name] = p.restarts
-                then = "given up" if p.state == "failed" else "restarting"
-                self._say(f"{p.name} exited (code {p.exit_code}); {then} - see {p.log}")
+        for p in state.processes():  # the first unexpected exit of each process, and giving up
+            if p.state in ("backoff", "failed") and self.exits.get(p.name) not in (p.state, "failed"):
+                then = "given up" if p.state == "failed" else "restarting with backoff"
+                if p.state == "failed" or p.name not in self.exits:
+                    self._say(f"{p.name} exited (code {p.exit_code}); {then} - see {p.log}")
+                self.exits[p.name] = p.state
         if state.ready and ("mesh",) not in self.announced:
             self.announced.add(("mesh",))
             self._say(f"mesh ready: {len(state.clusters)} cluster(s), {len(state.instances)} instance(s)")

@@ -8,11 +8,18 @@ files: a few hundred bytes) is the proxy's own. The rest - every service it sees
 its endpoints, and the Istio resources that apply to it - is the same for every proxy
 of one network whose namespace sees the same services, and the same for every proxy of
 one namespace, respectively. ``ProxyGenerator`` encodes those shared parts once per
-version and class and keeps them as bytes; a document is the tuple (head, services,
-resources, version tail), so a hundred 2 MB documents cost one encoding and a hundred
-small heads, and are written to the wire part by part without ever being joined.
-Encoded services are also reused across versions: the fragments of a service whose
-declaration and endpoints did not change are taken from the previous generator.
+version and class and keeps them as bytes; a document is a tuple of parts (head,
+service buckets, resources, version tail), so a hundred 2 MB documents cost one
+encoding and a hundred small heads, and are written to the wire part by part without
+ever being joined. Encoded services are also reused across versions: the fragment of a
+service whose declaration and endpoints did not change is taken from the previous
+generator.
+
+Parts are what makes pushes incremental. Services fall into ``BUCKETS`` buckets by a
+stable hash of their hostname, one part per bucket, and every part has an ``id`` (a
+hash of its bytes). The discovery server sends a proxy only the parts it does not hold
+already (see ``gateway/_discovery_wire.py``), so an edited VirtualService costs each
+proxy a few kilobytes, and a changed service its bucket - not the whole document.
 
 A document's ``digest`` covers everything but the version, so a proxy whose document
 did not change between versions can be left alone (no push).
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -48,8 +56,16 @@ NAMESPACE_POLICIES = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
 _APP_PROTOCOLS = {"HTTP": "http", "HTTP2": "http2", "GRPC": "grpc", "GRPC-WEB": "http2", "UNSUPPORTED": "http"}
 
 
+BUCKETS = 64
+"""Parts the services list is cut into: one changed service re-sends ~1/64 of it."""
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def part_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,8 @@ class ProxyDocument:
     version: int
     digest: str
     parts: tuple[bytes, ...] = field(repr=False)
+    ids: tuple[str, ...] = field(repr=False)
+    """``part_id`` of each part."""
 
     @property
     def size(self) -> int:
@@ -118,7 +136,10 @@ class ProxyGenerator:
         self.registry = registry if registry is not None else version.registry
         self.tls = tls
         self.root_namespace = root_namespace
-        self._by_key = {(p.cluster, p.namespace, p.instance): p for p in version.placements}
+        if previous is not None and previous.version.placements is version.placements:
+            self._by_key = previous._by_key  # the registry was reused: so were the placements
+        else:
+            self._by_key = {(p.cluster, p.namespace, p.instance): p for p in version.placements}
         self._gateways: dict[str, str] = {}
         self._network_gateways: dict[str, str] = {}
         self._trust_domains: dict[str, str] = {}
@@ -129,7 +150,7 @@ class ProxyGenerator:
                 self._network_gateways.setdefault(c.network or c.name, self._gateways[c.name])
         self._limited = self._export_limits()
         self._hidden: dict[str, frozenset[str]] = {}
-        self._services: dict[tuple[str, frozenset[str]], tuple[bytes, str]] = {}
+        self._services: dict[tuple[str, frozenset[str]], tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
         self._resources: dict[str, tuple[bytes, str]] = {}
         prev = previous if previous is not None and previous._gateways == self._gateways else None
         self._prev_service_json = prev._service_json if prev is not None else {}
@@ -165,15 +186,22 @@ class ProxyGenerator:
                 h for h, rs in self._limited.items() if not any(exported_to(r, namespace) for r in rs))
         return hidden
 
-    def _services_part(self, network: str, namespace: str) -> tuple[bytes, str]:
+    def _services_part(self, network: str, namespace: str) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+        """The services list as bucket parts: ``[`` is in the head and ``]`` in the part after."""
         key = (network, self._hidden_in(namespace))
         part = self._services.get(key)
         if part is None:
             hidden, domain = key[1], self.registry.domain  # a host a cluster declares too stays visible
-            pieces = [self._service_piece(s, network) for s in self.registry.services
-                      if s.declared_in or canonical(s.hostname.name, domain) not in hidden]
-            data = b"[" + b",".join(pieces) + b"]"
-            part = self._services[key] = (data, hashlib.sha256(data).hexdigest())
+            buckets: list[list[bytes]] = [[] for _ in range(BUCKETS)]
+            for s in self.registry.services:
+                if s.declared_in or canonical(s.hostname.name, domain) not in hidden:
+                    buckets[zlib.crc32(s.hostname.name.encode()) % BUCKETS].append(self._service_piece(s, network))
+            chunks, first = [], True
+            for pieces in buckets:
+                if pieces:  # JSON needs a comma before every element but the first
+                    chunks.append((b"" if first else b",") + b",".join(pieces))
+                    first = False
+            part = self._services[key] = (tuple(chunks), tuple(part_id(c) for c in chunks))
         return part
 
     def _service_piece(self, svc: Service, network: str) -> bytes:
@@ -223,8 +251,8 @@ class ProxyGenerator:
         part = self._resources.get(namespace)
         if part is None:
             pieces = [self._resource_piece(r) for r in self.version.resources if self.applies(r, namespace)]
-            data = b"[" + b",".join(pieces) + b"]"
-            part = self._resources[namespace] = (data, hashlib.sha256(data).hexdigest())
+            data = b'],"resources":[' + b",".join(pieces) + b"]"
+            part = self._resources[namespace] = (data, part_id(data))
         return part
 
     def _resource_piece(self, res: Resource) -> bytes:
@@ -265,7 +293,7 @@ class ProxyGenerator:
             spec["tls"] = tls.to_json()
         envelope = _dumps({"apiVersion": "meshfed.io/v1alpha1", "kind": "ProxyConfig",
                            "metadata": {"name": p.instance}, "spec": spec})
-        return envelope[:-2] + b',"services":'  # reopen the spec object for the shared parts
+        return envelope[:-2] + b',"services":['  # reopen the spec object for the shared parts
 
     def _endpoints_at(self, p: Placement) -> list[tuple[Endpoint, str]]:
         seen: dict[int, tuple[Endpoint, str]] = {}
@@ -278,12 +306,14 @@ class ProxyGenerator:
 
     def document(self, p: Placement) -> ProxyDocument:
         head = self._head(p)
-        services, services_digest = self._services_part(p.network, p.namespace)
-        resources, resources_digest = self._resources_part(p.namespace)
-        digest = hashlib.sha256(head + services_digest.encode() + resources_digest.encode()).hexdigest()
+        services, service_ids = self._services_part(p.network, p.namespace)
+        resources, resources_id = self._resources_part(p.namespace)
+        head_id = part_id(head)
+        content = (head_id, *service_ids, resources_id)
+        digest = hashlib.sha256(" ".join(content).encode()).hexdigest()
         tail = b',"version":' + _dumps(str(self.version.number)) + b"}}"
-        return ProxyDocument(p.instance, self.version.number, digest,
-                             (head, services, b',"resources":', resources, tail))
+        return ProxyDocument(p.instance, self.version.number, digest, (head, *services, resources, tail),
+                             (*content, part_id(tail)))
 
 
 def proxy_config(version: ConfigVersion, placement: Placement, *, registry: ServiceRegistry | None = None,

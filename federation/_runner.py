@@ -41,17 +41,17 @@ from ._launch import (
     ADMIN_PORT, DISCOVERY_PORT, DNS_PORT, METRICS_PORT, InstancePlan, Layout, app_spec, control_plane_spec,
     sidecar_spec,
 )
+from ._probe import accepts, http_get
 from ._state import (
     ClusterRecord, InstanceRecord, MeshState, ProcessRecord, WorkloadRecord, process_start_time, write_state,
 )
-from ._supervisor import DEFAULT_GRACE, Supervisor
+from ._supervisor import DEFAULT_GRACE, ProcessSpec, Supervisor, SupervisorError
 
 log = logging.getLogger("meshfed.federation.runner")
 TICK = 0.2
 PROBE_READY_EVERY = 2.0
 DUMP_EVERY = 10.0
 HEARTBEAT = 5.0
-PROBE_TIMEOUT = 1.0
 TOKEN_TTL = dt.timedelta(hours=1)
 
 
@@ -110,6 +110,8 @@ class MeshRunner:
         self._written: tuple[str, float] | None = None
         self._cas: dict[str, Any] = {}
         self._stopping: set[str] = set()
+        self._replacing: dict[tuple[str, str, str], InstancePlan | None] = {}
+        """Instances being stopped -> the plan to start once they are gone (None: none)."""
 
     # -- state -----------------------------------------------------------------------------
 
@@ -165,14 +167,20 @@ class MeshRunner:
             write_svid(folder, svid)
 
     def start_control_plane(self, cluster: ClusterInfo) -> None:
-        self.sup.start(control_plane_spec(cluster.name, cluster.address, self.layout, self.env, self.wiring))
+        self._start(control_plane_spec(cluster.name, cluster.address, self.layout, self.env, self.wiring))
 
     def add_instance(self, plan: InstancePlan) -> None:
         inst = _Instance(plan)
         self.instances[plan.key] = inst
         self._credentials(plan)
-        self.sup.start(app_spec(plan, self.layout, self.env))
+        self._start(app_spec(plan, self.layout, self.env))
         self._maybe_start_sidecar(inst)
+
+    def _start(self, spec: ProcessSpec) -> None:
+        try:
+            self.sup.start(spec)
+        except SupervisorError as exc:  # recorded as failed; the rest of the mesh runs on
+            log.error("%s", exc)
 
     def _maybe_start_sidecar(self, inst: _Instance) -> None:
         if inst.sidecar_started:
@@ -180,19 +188,18 @@ class MeshRunner:
         if self.wiring == "files" and not self.layout.proxy_config(inst.plan).exists():
             return  # its control plane has not written its config yet
         cp = self.clusters[inst.plan.cluster].address
-        self.sup.start(sidecar_spec(inst.plan, self.layout, self.env, self.wiring, cp))
         inst.sidecar_started = True
+        self._start(sidecar_spec(inst.plan, self.layout, self.env, self.wiring, cp))
 
     async def stop_instance(self, inst: _Instance) -> None:
+        """App first, then its sidecar; forgotten once reaped (if cancelled, ``shutdown`` kills them)."""
         names = [inst.app, inst.sidecar]
         self._stopping.update(names)
-        try:
-            await self.stop_children([inst.app])
-            await self.stop_children([inst.sidecar])
-        finally:
-            for name in names:
-                self.sup.children.pop(name, None)
-                self._stopping.discard(name)
+        await self.stop_children([inst.app])
+        await self.stop_children([inst.sidecar])
+        for name in names:
+            self.sup.children.pop(name, None)
+            self._stopping.discard(name)
 
     async def stop_children(self, names: list[str]) -> None:
         names = [n for n in names if n in self.sup.children]
@@ -228,26 +235,42 @@ class MeshRunner:
         self.cp_config[name] = bool(doc.get("ready"))
 
     def reconcile(self, cluster: str, plans: list[InstancePlan], nursery: trio.Nursery) -> None:
+        """Stop the instances ``plans`` no longer lists (or lists differently), start the new ones.
+        An instance whose plan changed is started again once its old processes are gone."""
         wanted = {p.key: p for p in plans}
         for key, inst in list(self.instances.items()):
             if key[0] == cluster and wanted.get(key) != inst.plan:
                 del self.instances[key]
-                nursery.start_soon(self.stop_instance, inst)
+                self._replacing[key] = None
+                nursery.start_soon(self._replace, inst)
         counts: dict[tuple[str, str, str], int] = {k: 0 for k in self.workloads if k[0] == cluster}
         for plan in plans:
-            counts[(plan.cluster, plan.namespace, plan.workload)] = counts.get(
-                (plan.cluster, plan.namespace, plan.workload), 0) + 1
-            if plan.key not in self.instances:
+            wkey = (plan.cluster, plan.namespace, plan.workload)
+            counts[wkey] = counts.get(wkey, 0) + 1
+            if plan.key in self._replacing:
+                self._replacing[plan.key] = plan  # started when its predecessor is gone
+            elif plan.key not in self.instances:
                 log.info("starting %s/%s at %s", plan.cluster, plan.name, plan.address)
                 self.add_instance(plan)
+        for key in [k for k in self._replacing if k[0] == cluster and k not in wanted]:
+            self._replacing[key] = None
         self.workloads.update(counts)
+
+    async def _replace(self, inst: _Instance) -> None:
+        try:
+            await self.stop_instance(inst)
+        finally:
+            plan = self._replacing.pop(inst.plan.key, None)
+        if plan is not None and self.phase in ("starting", "running"):
+            log.info("starting %s/%s at %s", plan.cluster, plan.name, plan.address)
+            self.add_instance(plan)
 
     # -- probing ---------------------------------------------------------------------------
 
     async def probe_control_plane(self, name: str) -> None:
         child = self.sup.children.get(f"{name}/control-plane")
         ready = (child is not None and child.state == "running" and self.cp_config.get(name, False)
-                 and await _accepts(self.clusters[name].address, DISCOVERY_PORT))
+                 and await accepts(self.clusters[name].address, DISCOVERY_PORT))
         self.cp_ready[name] = bool(ready)
 
     async def probe_instance(self, inst: _Instance, now: float) -> None:
@@ -256,11 +279,11 @@ class MeshRunner:
             inst.app_ready = False
         elif not inst.app_ready or now >= inst.next_probe:
             ports = [p.target for p in inst.plan.ports]
-            inst.app_ready = all([await _accepts(inst.plan.address, port) for port in dict.fromkeys(ports)])
+            inst.app_ready = all([await accepts(inst.plan.address, port) for port in dict.fromkeys(ports)])
         if sidecar is None or sidecar.state != "running":
             inst.sidecar_ready = False
         elif not inst.sidecar_ready or now >= inst.next_probe:
-            status, _ = await _http_get(inst.plan.address, ADMIN_PORT, "/ready")
+            status, _ = await http_get(inst.plan.address, ADMIN_PORT, "/ready")
             was, inst.sidecar_ready = inst.sidecar_ready, status == 200
             if inst.sidecar_ready and (not was or now >= inst.next_dump):
                 inst.next_dump = now + DUMP_EVERY
@@ -269,7 +292,7 @@ class MeshRunner:
             inst.next_probe = now + PROBE_READY_EVERY
 
     async def _dump(self, inst: _Instance) -> None:
-        status, body = await _http_get(inst.plan.address, ADMIN_PORT, "/config_dump")
+        status, body = await http_get(inst.plan.address, ADMIN_PORT, "/config_dump")
         if status != 200:
             return
         try:
@@ -331,53 +354,3 @@ class MeshRunner:
         self.sup.kill(list(self.sup.children))
         self.phase = "stopped"
         self.publish_state(force=True)
-
-
-async def _accepts(host: str, port: int) -> bool:
-    try:
-        with trio.fail_after(PROBE_TIMEOUT):
-            stream = await trio.open_tcp_stream(host, port)
-    except (OSError, trio.TooSlowError):
-        return False
-    await trio.aclose_forcefully(stream)
-    return True
-
-
-async def _http_get(host: str, port: int, path: str, limit: int = 8 << 20) -> tuple[int, bytes]:
-    """(status, body) of a plain HTTP/1.1 GET; (0, b"") when there is no answer."""
-    try:
-        with trio.fail_after(PROBE_TIMEOUT):
-            stream = await trio.open_tcp_stream(host, port)
-            try:
-                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
-                                      .encode())
-                data = bytearray()
-                while len(data) < limit and (chunk := await stream.receive_some(65536)):
-                    data += chunk
-            finally:
-                await trio.aclose_forcefully(stream)
-    except (OSError, trio.TooSlowError, trio.BrokenResourceError):
-        return 0, b""
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    parts = head.split(b"\r\n", 1)[0].split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        return 0, b""
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _dechunk(body)
-    return int(parts[1]), body
-
-
-def _dechunk(data: bytes) -> bytes:
-    out, pos = bytearray(), 0
-    while True:
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            return bytes(out)
-        try:
-            size = int(data[pos:end].split(b";")[0], 16)
-        except ValueError:
-            return bytes(out)
-        if size == 0:
-            return bytes(out)
-        out += data[end + 2:end + 2 + size]
-        pos = end + 2 + size + 2

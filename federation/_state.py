@@ -234,7 +234,7 @@ def read_state(mesh_dir: str | os.PathLike[str]) -> MeshState:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise StateError(f"{path}: no mesh was started from {Path(mesh_dir)} (run 'fedctl up DIR')",
+        raise StateError(f"{path}: no mesh runs from {Path(mesh_dir)} (start one with 'fedctl up DIR')",
                          str(path)) from None
     except OSError as exc:
         raise StateError(f"{path}: cannot read: {exc.strerror}", str(path)) from None

@@ -28,6 +28,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,7 +44,10 @@ from topology._registry_build import find_mesh
 from trustdomain import CaDirectory, KeyType, TrustDomain, TrustDomainError, create_intermediate, create_root
 
 from ._errors import FederationError
-from ._launch import InstancePlan, Layout, base_environment, plans_of
+from ._launch import (
+    ADMIN_PORT, DISCOVERY_PORT, DNS_PORT, INBOUND_PORT, METRICS_PORT, OUTBOUND_PORT, InstancePlan, Layout,
+    base_environment, plans_of,
+)
 from ._progress import Progress, listen_table, not_ready_report
 from ._runner import ClusterInfo, MeshRunner
 from ._scale import replica_counts, scale_path
@@ -146,9 +150,31 @@ def refuse_if_running(mesh_dir: Path) -> None:
     state_path(mesh_dir).unlink(missing_ok=True)
 
 
+def addresses_taken(topology: Topology) -> list[str]:
+    """``host:port`` of every address the mesh will listen on that something else holds now."""
+    wanted = [(c.address, port) for c in topology.clusters for port in (DISCOVERY_PORT, METRICS_PORT, DNS_PORT)]
+    for plan in topology.plans:
+        wanted += [(plan.address, port) for port in (OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT)]
+        wanted += [(plan.address, p.target) for p in plan.ports]
+    taken = []
+    for host, port in dict.fromkeys(wanted):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listeners do: TIME_WAIT is no owner
+            try:
+                s.bind((host, port))
+            except OSError:
+                taken.append(f"{host}:{port}")
+    return taken
+
+
 def prepare(mesh_dir: Path) -> tuple[Layout, Topology]:
     refuse_if_running(mesh_dir)
     topology = load_topology(mesh_dir)
+    taken = addresses_taken(topology)
+    if taken:
+        shown = ", ".join(taken[:5]) + (f" and {len(taken) - 5} more" if len(taken) > 5 else "")
+        raise FederationError(f"{len(taken)} address(es) of the mesh are in use: {shown}; another mesh on the "
+                              "same address blocks? ('fedctl status' and 'fedctl down' act on the last one)")
     layout = Layout(mesh_dir)
     reset_runtime(layout)
     made = ensure_ca(layout, topology.mesh)

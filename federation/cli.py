@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "federation._cli_validate",
     "federation._cli_ca",
     "federation._cli_proxy",
+    "federation._cli_up",
 )
 
 

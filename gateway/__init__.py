@@ -45,3 +45,15 @@ from ._routing import RouteCompileError, RouteDecision, RouteTable, VirtualHost 
 from ._tcproutes import ConnectionInfo, L4RouteDecision, TcpRouteTable  # noqa: E402
 from ._vsselect import ClientWorkload  # noqa: E402
 __all__ += ["ClientWorkload", "ConnectionInfo", "CorsConfig", "CorsDecision", "DestinationConfig", "DirectResponseAction", "ForwardAction", "HeaderOps", "HttpMatchConfig", "L4RouteDecision", "MatchCompileError", "RedirectAction", "RewriteConfig", "RouteCompileError", "RouteDecision", "RouteRequest", "RouteTable", "StringMatcher", "TcpRouteTable", "VirtualHost", "WeightedDestinations"]  # noqa: E501
+from ._config import ProxyConfig, load_proxy_config, load_proxy_config_text  # noqa: E402
+from ._proxy import Proxy, ProxyConfigError  # noqa: E402
+from ._rescue import LocalReply, ProxyError, rescue  # noqa: E402
+from ._snapshot import ClusterConfig, InboundConfig, Snapshot, compile_snapshot  # noqa: E402
+from ._tcpsplice import SpliceResult, splice  # noqa: E402
+from ._upstream import UpstreamConnection, UpstreamPool  # noqa: E402
+__all__ += ["ClusterConfig", "InboundConfig", "LocalReply", "Proxy", "ProxyConfig", "ProxyConfigError", "ProxyError", "Snapshot", "SpliceResult", "UpstreamConnection", "UpstreamPool", "compile_snapshot", "load_proxy_config", "load_proxy_config_text", "rescue", "splice"]  # noqa: E501
+from ._sni import ClientHelloInfo, ClientHelloParser, Hello, MalformedHello, MeshSni, NotMeshSni, NotTls, SniError, mesh_sni, parse_client_hello, parse_mesh_sni  # noqa: E402,E501
+from ._locality_levels import GatewayHop, LocalityLbError, LocalityMode, network_hosts, panic_threshold_for  # noqa: E402
+from ._locality_lb import LocalityLb, LocalityShare, Loads, PriorityView  # noqa: E402
+from ._priority_load import OVERPROVISIONING_FACTOR, PriorityLoad, priority_load  # noqa: E402
+__all__ += ["ClientHelloInfo", "ClientHelloParser", "GatewayHop", "Hello", "Loads", "LocalityLb", "LocalityLbError", "LocalityMode", "LocalityShare", "MalformedHello", "MeshSni", "NotMeshSni", "NotTls", "OVERPROVISIONING_FACTOR", "PriorityLoad", "PriorityView", "SniError", "mesh_sni", "network_hosts", "panic_threshold_for", "parse_client_hello", "parse_mesh_sni", "priority_load"]  # noqa: E501

@@ -7,10 +7,7 @@ JSON); ``/config_dump`` is the compiled snapshot as JSON - file names of certifi
 and keys, the SPIFFE ID and expiry, never key material; ``/metrics`` is the
 prometheus-client registry of the proxy in the text format.
 
-``RequestMetrics`` is the minimal telemetry of this issue: ``istio_requests_total`` and
-``istio_tcp_connections_opened_total`` with Istio's label names (plus source_cluster and
-destination_cluster), one labelled child per distinct label set, looked up in a dict so
-a request costs one tuple and one increment.
+Istio's metrics themselves are kept by ``_metrics.ProxyMetrics`` and fed by ``_reporting``.
 """
 
 from __future__ import annotations
@@ -18,85 +15,15 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
 from ._events import Request
-from ._exchange import Downstream, serve_http1
+from ._downstream import Downstream, serve_http1
+from ._metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     import trio
 
     from ._proxy import Proxy
-    from ._snapshot import ClusterConfig, Snapshot
-
-ISTIO_LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",
-    "source_version", "source_cluster", "destination_workload", "destination_workload_namespace",
-    "destination_principal", "destination_app", "destination_version", "destination_service",
-    "destination_service_name", "destination_service_namespace", "destination_cluster", "request_protocol",
-    "response_code", "response_flags", "connection_security_policy",
-)
-
-
-class RequestMetrics:
-    """Istio's request and TCP connection counters in one registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("istio_requests_total", "Requests handled, by Istio's standard labels.",
-                                ISTIO_LABELS, registry=registry)
-        self.tcp_opened = Counter("istio_tcp_connections_opened_total", "TCP connections opened.",
-                                  ISTIO_LABELS, registry=registry)
-        self._children: dict[tuple, Any] = {}
-
-    def inc(self, key: tuple, labels: Any) -> None:
-        """Count one request; ``labels()`` builds the label values the first time ``key`` is seen."""
-        child = self._children.get(key)
-        if child is None:
-            metric = self.tcp_opened if key[0] == "tcp" else self.requests
-            child = self._children[key] = metric.labels(*labels())
-        child.inc()
-
-
-def _service_parts(fqdn: str) -> tuple[str, str]:
-    parts = fqdn.split(".")
-    return parts[0], (parts[1] if len(parts) > 2 and parts[2] == "svc" else "unknown")
-
-
-def outbound_labels(snap: Snapshot, own_id: str, cluster: ClusterConfig | None, target: Any, peer: str,
-                    status: int, flags: str, protocol: str) -> tuple[str, ...]:
-    node = snap.config.spec.node
-    if cluster is not None:
-        name, ns = _service_parts(cluster.fqdn)
-        service = cluster.fqdn
-    else:
-        name = ns = service = "unknown"
-    ep = target.endpoint if target is not None else None
-    labels = ep.labels if ep is not None else {}
-    return ("source", node.workload, node.namespace, own_id or "unknown", node.labels.get("app", "unknown"),
-            node.labels.get("version", "unknown"), node.cluster,
-            (ep.instance.rsplit("-", 1)[0] if ep is not None and ep.instance else labels.get("app", "unknown")),
-            ns, peer or "unknown", labels.get("app", "unknown"), labels.get("version", "unknown"), service, name,
-            ns, (ep.cluster or "unknown") if ep is not None else "unknown", protocol, str(status), flags, "unknown")
-
-
-def inbound_labels(snap: Snapshot, own_id: str, peer: str | None, port: int, status: int, flags: str,
-                   protocol: str) -> tuple[str, ...]:
-    node = snap.config.spec.node
-    peer_ns = "unknown"
-    if peer and "/ns/" in peer:
-        peer_ns = peer.split("/ns/", 1)[1].split("/", 1)[0]
-    service = "unknown"
-    for (fqdn, _), target in snap.inbound.service_ports.items():
-        if target == port:
-            service = fqdn
-            break
-    name, ns = _service_parts(service) if service != "unknown" else ("unknown", node.namespace)
-    return ("destination", "unknown", peer_ns, peer or "unknown", "unknown", "unknown", "unknown",
-            node.workload, node.namespace, own_id or "unknown", node.labels.get("app", "unknown"),
-            node.labels.get("version", "unknown"), service, name, ns, node.cluster, protocol, str(status), flags,
-            "mutual_tls" if peer else "none")
-
+    from ._snapshot import ClusterConfig
 
 # -- dumps ----------------------------------------------------------------------------
 
@@ -230,8 +157,7 @@ class AdminServer:
             else:
                 await down.reply(200, clusters_text(proxy).encode(), close=close)
         elif path in (b"/metrics", b"/stats/prometheus"):
-            await down.reply(200, generate_latest(proxy.registry),
-                             [(b"content-type", CONTENT_TYPE_LATEST.encode())], close=close)
+            await down.reply(200, proxy.metrics.render(), [(b"content-type", CONTENT_TYPE.encode())], close=close)
         else:
             await down.reply(404, b"not found: try /ready, /config_dump, /clusters, /metrics\n", close=close)
         return True

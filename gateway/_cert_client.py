@@ -120,14 +120,14 @@ class CertificateClient:
                     await trio.aclose_forcefully(tcp)
                     raise
                 channel = H2Channel(stream, ping_interval=None)
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(channel.run)
-                    try:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(channel.run)
                         status, body = await channel.request("POST", PATH_CERTIFICATE,
                                                              CertificateRequest(csr, token).to_json())
-                    finally:
-                        await channel.aclose()
-                        nursery.cancel_scope.cancel()
+                        nursery.cancel_scope.cancel()  # stop the reader before the stream closes
+                finally:
+                    await channel.aclose()
         except (OSError, trio.BrokenResourceError, trio.TooSlowError, ChannelClosed, PeerRefused) as exc:
             raise CertificateFetchError(f"{self.identity}: CA service at {self.address[0]}:{self.address[1]} "
                                         f"unreachable: {exc or type(exc).__name__}") from None

@@ -39,6 +39,13 @@ refused with ``file:line: spec.field: message`` and the previous one stays in fo
         - {address: 127.1.1.11, port: 9080, labels: {version: v1}, locality: us-east/us-east-1a,
            cluster: east-a, network: network-east-a, serviceAccount: bookinfo-reviews}
       resources: []                     # Istio resources inline (VirtualService, DestinationRule, ...)
+      limits: {idleTimeout: 1h}         # HttpLimits: Envoy's defaults, every one configurable
+      pool: {maxIdlePerKey: 64, idleTimeout: 60s, connectTimeout: 10s}
+
+``listeners.tcp`` adds per-port outbound listeners for TCP services
+(``{address: 127.1.1.10:3306, host: mysql.db.svc.cluster.local, port: 3306}``). ``gateway``
+compiles the document into a Snapshot (``_snapshot``); README.md "Proxy config document"
+is the user's description of the format.
 
 An endpoint behind a sidecar is reached at ``address:proxyPort`` (the remote sidecar's
 inbound listener, 15006) over mTLS, with SNI ``outbound_.<port>_.<subset>_.<fqdn>`` telling

@@ -27,7 +27,8 @@ from trustdomain import MtlsContexts, PeerRefused, SpiffeId
 
 from . import GatewayError
 from ._discovery_wire import (
-    CONTENT_FRAMES, PATH_ACK, PATH_SUBSCRIBE, Ack, FrameDecoder, FrameHeader, NodeIdentity, WireError, error_of,
+    CONTENT_FRAMES, PATH_ACK, PATH_SUBSCRIBE, Ack, DocumentAssembler, FrameDecoder, FrameHeader, NodeIdentity,
+    WireError, error_of,
 )
 from ._h2channel import ChannelClosed, H2Channel
 
@@ -156,10 +157,10 @@ class DiscoveryClient:
         self.connected, self.last_error = True, None
         self.sessions += 1
         self._note()
-        decoder = FrameDecoder()
+        decoder, assembler = FrameDecoder(), DocumentAssembler()
         while (piece := await rs.receive()) is not None:
-            for header, document in decoder.feed(piece):
-                await self._apply(channel, header, document)
+            for header, body in decoder.feed(piece):
+                await self._apply(channel, header, assembler.assemble(header, body))
         raise ChannelClosed("the control plane ended the subscription")
 
     async def _apply(self, channel: H2Channel, header: FrameHeader, document: bytes) -> None:

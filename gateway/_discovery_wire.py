@@ -12,10 +12,15 @@ in short, over one HTTP/2 connection with mTLS:
   ``CertificateResponse`` (JSON).
 
 A config frame is ``u32 length`` (big-endian) + that many bytes of JSON header
-``{"version", "nonce", "digest", "size"}`` + ``size`` bytes of the document (UTF-8 JSON
-of a ProxyConfig). The document travels after its header rather than inside it as a
-JSON string: a 2 MB document would otherwise be escaped by the server and unescaped by
-every proxy, and the server could no longer write shared parts without joining them.
+``{"version", "nonce", "digest", "size", "parts"}`` + ``size`` bytes of body. The
+document (UTF-8 JSON of a ProxyConfig) is the concatenation of its parts, listed in
+``parts`` as ``[id, length, fresh]``; the body holds the fresh parts, in order, and a
+part that is not fresh is one the proxy received in the previous frame on this
+connection (same id). Both ends keep exactly the parts of the last frame, so the server
+knows what the proxy holds without being told; a new connection holds nothing. This is
+what keeps pushes incremental: a 2 MB document whose VirtualServices changed travels
+as a few kilobytes. The document follows its header as raw bytes rather than inside it
+as a JSON string, which would have to be escaped and unescaped at both ends.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 from trustdomain import SpiffeId, TrustDomain
 
@@ -119,56 +124,116 @@ class FrameHeader:
     nonce: str
     digest: str
     size: int
+    """Bytes of body after the header: the fresh parts."""
+    parts: tuple[tuple[str, int, bool], ...] = ()
+    """(id, length, fresh) of each part of the document, in order."""
+
+    @property
+    def document_size(self) -> int:
+        return sum(n for _, n, _ in self.parts)
 
 
-def encode_frame(header: FrameHeader, parts: Iterable[bytes]) -> list[bytes]:
-    """The frame as a list of buffers: prefix + header, then the document's parts as they are."""
-    head = json.dumps(asdict(header), separators=(",", ":")).encode()
-    return [_U32.pack(len(head)) + head, *parts]
+def encode_frame(version: int, nonce: str, digest: str, parts: Sequence[bytes], ids: Sequence[str],
+                 known: set[str]) -> list[bytes]:
+    """The frame for a document as buffers, sending only parts not in ``known``; updates ``known``."""
+    listed, fresh = [], []
+    for part, pid in zip(parts, ids):
+        is_fresh = pid not in known
+        if is_fresh:
+            fresh.append(part)
+            known.add(pid)
+        listed.append([pid, len(part), int(is_fresh)])
+    known.intersection_update(ids)
+    head = json.dumps({"version": version, "nonce": nonce, "digest": digest, "size": sum(map(len, fresh)),
+                       "parts": listed}, separators=(",", ":")).encode()
+    return [_U32.pack(len(head)) + head, *fresh]
+
+
+class DocumentAssembler:
+    """The proxy's half of the parts protocol: frames in, whole documents out."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, bytes] = {}
+
+    def assemble(self, header: FrameHeader, body: bytes) -> bytes:
+        parts, offset, held = [], 0, self.known
+        fresh: dict[str, bytes] = {}
+        for pid, size, is_fresh in header.parts:
+            if is_fresh:
+                piece = body[offset:offset + size]
+                offset += size
+                fresh[pid] = piece
+            else:
+                piece = fresh.get(pid, held.get(pid))  # type: ignore[arg-type]
+                if piece is None:
+                    raise WireError("config frame", f"part {pid} is neither sent nor held from the last frame")
+            if len(piece) != size:
+                raise WireError("config frame", f"part {pid} has {len(piece)} bytes; the header says {size}")
+            parts.append((pid, piece))
+        if offset != len(body):
+            raise WireError("config frame", f"{len(body) - offset} bytes of body belong to no part")
+        self.known = dict(parts)
+        return b"".join(p for _, p in parts)
 
 
 class FrameDecoder:
-    """Bytes of the subscribe stream in, (header, document) pairs out; refuses oversized frames."""
+    """Bytes of the subscribe stream in, (header, body) pairs out; refuses oversized frames.
+
+    Received pieces are kept as a list and joined once per header or body, so a 2 MB
+    body arriving in a hundred pieces is copied once, not a hundred times."""
 
     def __init__(self, max_document: int = MAX_DOCUMENT) -> None:
         self.max_document = max_document
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []
+        self._len = 0
         self._header: FrameHeader | None = None
+        self._header_len: int | None = None
+
+    def _take(self, n: int) -> bytes:
+        data = b"".join(self._pieces)
+        self._pieces = [data[n:]] if len(data) > n else []
+        self._len -= n
+        return data[:n]
 
     def feed(self, data: bytes) -> list[tuple[FrameHeader, bytes]]:
-        self._buf += data
+        if data:
+            self._pieces.append(data)
+            self._len += len(data)
         out = []
         while True:
             if self._header is None:
-                if len(self._buf) < 4:
+                if self._header_len is None:
+                    if self._len < 4:
+                        return out
+                    (n,) = _U32.unpack(self._take(4))
+                    if n > MAX_FRAME_HEADER:
+                        raise WireError("config frame", f"header of {n} bytes exceeds {MAX_FRAME_HEADER}")
+                    self._header_len = n
+                if self._len < self._header_len:
                     return out
-                (n,) = _U32.unpack_from(self._buf)
-                if n > MAX_FRAME_HEADER:
-                    raise WireError("config frame", f"header of {n} bytes exceeds {MAX_FRAME_HEADER}")
-                if len(self._buf) < 4 + n:
-                    return out
-                self._header = self._parse(bytes(self._buf[4:4 + n]))
-                del self._buf[:4 + n]
-            size = self._header.size
-            if len(self._buf) < size:
+                self._header = self._parse(self._take(self._header_len))
+                self._header_len = None
+            if self._len < self._header.size:
                 return out
-            out.append((self._header, bytes(self._buf[:size])))
-            del self._buf[:size]
+            out.append((self._header, self._take(self._header.size)))
             self._header = None
 
     def _parse(self, raw: bytes) -> FrameHeader:
         doc = _object("config frame header", raw)
-        header = FrameHeader(_field("config frame header", doc, "version", int),
-                             _field("config frame header", doc, "nonce", str),
-                             _field("config frame header", doc, "digest", str),
-                             _field("config frame header", doc, "size", int))
-        if not 0 <= header.size <= self.max_document:
-            raise WireError("config frame", f"document of {header.size} bytes exceeds {self.max_document}")
+        what = "config frame header"
+        try:
+            parts = tuple((str(pid), int(n), bool(f)) for pid, n, f in _field(what, doc, "parts", list))
+        except (TypeError, ValueError):
+            raise WireError(what, "parts must be a list of [id, length, fresh]") from None
+        header = FrameHeader(_field(what, doc, "version", int), _field(what, doc, "nonce", str),
+                             _field(what, doc, "digest", str), _field(what, doc, "size", int), parts)
+        if not 0 <= header.size <= self.max_document or header.document_size > self.max_document:
+            raise WireError("config frame", f"document of {header.document_size} bytes exceeds {self.max_document}")
         return header
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._len
 
 
 @dataclass(frozen=True, slots=True)

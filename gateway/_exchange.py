@@ -15,6 +15,8 @@ the choice of connection happen before, in ``_outbound`` and ``_inbound``.
   rest while the response is relayed, so a server may answer before the body is over.
 * A pooled connection may have died while idle: if a reused one fails before any byte
   of response and the request is still in memory, it is retried once on a new one.
+* An Upgrade (WebSocket) gets a connection of its own; after ``101`` the two connections
+  are spliced into one tunnel (``forward_upgrade``).
 * Failures are ``_rescue`` errors: before the response head went downstream the caller
   answers with ``rescue(error)``; after it, ``ResponseAborted`` and the downstream
   connection is closed (a client then sees a truncated response, as with Envoy).
@@ -22,30 +24,23 @@ the choice of connection happen before, in ``_outbound`` and ``_inbound``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import trio
 
 from . import GatewayError
-from ._actions import HeaderOps
-from ._events import (END_OF_MESSAGE, ConnectionClosed, Data, EndOfMessage, InformationalResponse, LocalProtocolError,
-                      RemoteProtocolError, Request, Response, Role)
-from ._http1 import NEED_DATA, Http1Connection
-from ._http1_state import Http1State
-from ._limits import DEFAULT_LIMITS, HttpLimits
-from ._rescue import DownstreamProtocolError, LocalReply, UpstreamProtocolError, UpstreamResetError, rescue
+from ._downstream import _BROKEN, DONE, RECV_SIZE, Downstream, DownstreamGone
+from ._events import (Data, EndOfMessage, InformationalResponse, LocalProtocolError, RemoteProtocolError, Request,
+                      Response)
+from ._headerops import HeaderOps
+from ._http1 import NEED_DATA
+from ._rescue import DownstreamProtocolError, UpstreamProtocolError, UpstreamResetError
 from ._upstream import PoolKey, UpstreamConnection, UpstreamPool
-
-RECV_SIZE = 64 * 1024
-DONE = Http1State.DONE
-_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy answers itself (Expect).
 _REQUEST_DROP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te",
                            b"expect", b"http2-settings"})
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade"})
-_TEXT_PLAIN = (b"content-type", b"text/plain")
 
 
 class ResponseAborted(GatewayError):
@@ -56,117 +51,15 @@ class ResponseAborted(GatewayError):
         self.cause = cause
 
 
-class DownstreamGone(GatewayError):
-    """The downstream client went away (reset, or closed in the middle of its request)."""
-
-
-class Downstream:
-    """The client side of one connection: its stream and server codec."""
-
-    __slots__ = ("stream", "codec", "remote_ip", "remote_port")
-
-    def __init__(self, stream: trio.abc.Stream, limits: HttpLimits = DEFAULT_LIMITS,
-                 remote: tuple[str, int] = ("", 0), preread: bytes = b"") -> None:
-        self.stream = stream
-        self.codec = Http1Connection(Role.SERVER, limits)
-        if preread:
-            self.codec.receive_data(preread)
-        self.remote_ip, self.remote_port = remote
-
-    async def next_event(self) -> object:
-        """The next event from the client, reading as needed (EOF and resets become EOF)."""
-        codec = self.codec
-        while True:
-            event = codec.next_event()
-            if event is not NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(RECV_SIZE)
-            except _BROKEN:
-                data = b""
-            codec.receive_data(data)
-
-    def buffered_body(self) -> tuple[list[Data], EndOfMessage | None]:
-        """Body events the codec can give without reading: the chunks, and the end if reached."""
-        codec = self.codec
-        chunks: list[Data] = []
-        while True:
-            event = codec.next_event()
-            kind = type(event)
-            if kind is Data:
-                chunks.append(event)  # type: ignore[arg-type]
-            elif kind is EndOfMessage:
-                return chunks, event  # type: ignore[return-value]
-            else:
-                if kind is ConnectionClosed:
-                    raise DownstreamGone("client closed the connection in the middle of its request")
-                return chunks, None  # NEED_DATA
-
-    async def send_bytes(self, data: bytes) -> None:
-        try:
-            await self.stream.send_all(data)
-        except _BROKEN as exc:
-            raise DownstreamGone(f"client went away: {exc}") from None
-
-    def reply_bytes(self, status: int, body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
-                    close: bool = False) -> bytes:
-        """A complete local reply, encoded by the codec (which adds ``connection: close`` if needed)."""
-        codec = self.codec
-        hs = list(headers)
-        hs.append((b"content-length", b"%d" % len(body)))
-        if body and not any(n == b"content-type" for n, _ in headers):
-            hs.append(_TEXT_PLAIN)
-        if close:
-            hs.append((b"connection", b"close"))
-        out = codec.send(Response(status, hs))
-        if body:
-            out += codec.send(Data(body))
-        return out + codec.send(END_OF_MESSAGE)
-
-    async def reply(self, status: int, body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
-                    close: bool = False) -> None:
-        await self.send_bytes(self.reply_bytes(status, body, headers, close))
-
-    def request_complete(self) -> bool:
-        """Consume what is left of the request in the codec's buffer (a local reply does
-        not read bodies); True when the request is complete, so the connection can go on."""
-        codec = self.codec
-        if codec.their_state is DONE:
-            return True
-        try:
-            self.buffered_body()
-        except (DownstreamGone, RemoteProtocolError):
-            return False
-        return codec.their_state is DONE
-
-    async def local_reply(self, status: int, body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
-                          close: bool = False) -> bool:
-        """Answer the current request locally; whether the connection may carry another."""
-        close = close or not self.request_complete()
-        await self.reply(status, body, headers, close=close)
-        return not close
-
-    async def rescue(self, reply: LocalReply, close: bool = False) -> bool:
-        """Send a rescue reply if a response can still be sent; whether the connection may continue."""
-        if self.codec.our_state not in (Http1State.IDLE, Http1State.SEND_RESPONSE):
-            return False
-        return await self.local_reply(reply.status, reply.body, close=close)
-
-    def can_continue(self) -> bool:
-        """Both messages complete and keep-alive: start the next cycle (and say so)."""
-        codec = self.codec
-        if codec.our_state is DONE and codec.their_state is DONE:
-            codec.start_next_cycle()
-            return True
-        return False
-
-
 def request_headers(headers: Sequence[tuple[bytes, bytes]], authority: bytes
-                    ) -> tuple[list[tuple[bytes, bytes]], bool]:
-    """The headers to send upstream (``host`` first, hop-by-hop ones gone) and whether a body follows."""
+                    ) -> tuple[list[tuple[bytes, bytes]], bool, bytes | None]:
+    """The headers to send upstream (``host`` first, hop-by-hop ones gone), whether a body
+    follows, and the protocol of an Upgrade to pass through (WebSocket; not h2c, which
+    Envoy drops too) - then ``connection: upgrade`` and ``upgrade`` are kept."""
     out = [(b"host", authority)]
     has_body = False
     listed: list[bytes] | None = None
+    upgrade: bytes | None = None
     for pair in headers:
         name = pair[0]
         if name in _REQUEST_DROP:
@@ -174,6 +67,8 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], authority: bytes
                 listed = [t.strip().lower() for t in pair[1].split(b",")]
             elif name == b"te" and pair[1].strip().lower() == b"trailers":
                 out.append(pair)
+            elif name == b"upgrade":
+                upgrade = pair[1]
             continue
         if name == b"content-length":
             has_body = pair[1] != b"0"
@@ -182,7 +77,13 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], authority: bytes
         out.append(pair)
     if listed:
         out = [p for p in out if p[0] not in listed or p[0] == b"host"]
-    return out, has_body
+    if upgrade is not None:
+        if listed is not None and b"upgrade" in listed and not has_body and upgrade.strip().lower() != b"h2c":
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", upgrade))
+        else:
+            upgrade = None
+    return out, has_body, upgrade
 
 
 def response_headers(headers: Sequence[tuple[bytes, bytes]], ops: HeaderOps) -> list[tuple[bytes, bytes]]:
@@ -267,6 +168,61 @@ async def forward(down: Downstream, head: Request, has_body: bool, pool: Upstrea
         pool.release(conn, reusable, idle_timeout)
         break
     return state
+
+
+async def forward_upgrade(down: Downstream, head: Request, conn: UpstreamConnection,
+                          response_ops: HeaderOps = HeaderOps(), state: Exchange | None = None) -> Exchange:
+    """An Upgrade request (WebSocket) on a connection of its own: on ``101`` both
+    connections become one tunnel, spliced until either side ends; any other answer is
+    relayed as a normal response. ``conn`` is consumed (closed) either way."""
+    from ._tcpsplice import splice  # the tunnel half of an upgrade
+
+    state = state or Exchange()
+    try:
+        chunks, end = down.buffered_body()
+        await _send_head(conn, head, chunks, end, state)
+        state.request_done = True
+        ucodec = conn.codec
+        while True:
+            try:
+                event = ucodec.next_event()
+            except RemoteProtocolError as exc:
+                raise UpstreamProtocolError(conn.address, exc.message) from None
+            if event is NEED_DATA:
+                try:
+                    data = await conn.stream.receive_some(RECV_SIZE)
+                except _BROKEN as exc:
+                    raise UpstreamResetError(conn.address, f"{exc.__cause__ or exc}") from None
+                ucodec.receive_data(data)
+                continue
+            kind = type(event)
+            if kind is InformationalResponse and event.status == 101:  # type: ignore[union-attr]
+                state.status = 101
+                headers = [p for p in event.headers if p[0] not in _RESPONSE_DROP]  # type: ignore[union-attr]
+                headers += [(b"connection", b"upgrade")] + [p for p in event.headers  # type: ignore[union-attr]
+                                                            if p[0] == b"upgrade"]
+                await down.send_bytes(down.codec.send(InformationalResponse(101, apply_ops(response_ops, headers)
+                                                                            if response_ops else headers)))
+                state.head_sent = True
+                up_rest, _ = ucodec.trailing_data
+                down_rest, _ = down.codec.trailing_data
+                result = await splice(down.stream, conn.stream, a_prefix=down_rest, b_prefix=up_rest)
+                state.bytes_in, state.bytes_out = result.sent, result.received
+                return state
+            if kind is InformationalResponse:
+                continue
+            if kind is Response:
+                # Declined: an ordinary response, relayed as one (the codecs dropped the proposal).
+                state.status = event.status  # type: ignore[union-attr]
+                out = down.codec.send(Response(event.status, response_headers(event.headers, response_ops),  # type: ignore[union-attr]
+                                               event.reason))  # type: ignore[union-attr]
+                state.head_sent = True
+                await down.send_bytes(out)
+                await _relay_response(down, conn, response_ops, state)
+                return state
+            raise UpstreamResetError(conn.address, "connection closed before the response")
+    finally:
+        conn.close()
 
 
 async def _send_head(conn: UpstreamConnection, head: Request, chunks: list[Data], end: EndOfMessage | None,
@@ -371,71 +327,3 @@ async def _relay_response(down: Downstream, conn: UpstreamConnection, ops: Heade
         else:  # ConnectionClosed before the end of the response
             error = UpstreamResetError(conn.address, "connection closed before the response ended")
             raise (ResponseAborted(error) if state.head_sent else error)
-
-
-Handler = Callable[[Downstream, Request], Awaitable[bool]]
-"""Answers one request; True when the connection may carry another."""
-
-
-class IdleWatch:
-    """Connections waiting for their next request, and since when.
-
-    One task (``run``) cancels those idle longer than the timeout, instead of a cancel
-    scope with a deadline per request: waiting costs two dict stores per request."""
-
-    def __init__(self, timeout: Callable[[], float | None]) -> None:
-        self.timeout = timeout
-        self.waiting: dict[trio.CancelScope, float] = {}
-
-    def sweep(self, now: float) -> int:
-        """Cancel the connections idle too long at ``now``; how many."""
-        timeout = self.timeout()
-        if timeout is None:
-            return 0
-        cut = now - timeout
-        stale = [scope for scope, since in self.waiting.items() if since <= cut]
-        for scope in stale:
-            del self.waiting[scope]
-            scope.cancel()
-        return len(stale)
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            timeout = self.timeout()
-            await trio.sleep(1.0 if timeout is None else min(1.0, max(timeout / 4, 0.01)))
-            self.sweep(trio.current_time())
-
-
-async def serve_http1(down: Downstream, handle: Handler, idle: IdleWatch | None) -> None:
-    """The per-connection loop: wait for a request head (the wait is watched by ``idle``),
-    let ``handle`` answer it, repeat while the connection stays usable. A request that
-    does not parse is answered with its status (400, 413, 431, 501, 505; flag DPE) and the
-    connection is closed."""
-    codec = down.codec
-    waiting = idle.waiting if idle is not None else {}
-    now = trio.current_time
-    with trio.CancelScope() as scope:
-        try:
-            while True:
-                waiting[scope] = now()
-                try:
-                    event = await down.next_event()
-                except RemoteProtocolError as exc:
-                    waiting.pop(scope, None)
-                    if codec.our_state in (Http1State.IDLE, Http1State.SEND_RESPONSE):
-                        reply = rescue(exc)
-                        try:
-                            await down.reply(reply.status, reply.body, close=True)
-                        except DownstreamGone:
-                            pass
-                    return
-                waiting.pop(scope, None)
-                if type(event) is not Request:
-                    return  # ConnectionClosed, or PAUSED after a switch
-                if not await handle(down, event):
-                    return
-                if not down.can_continue():
-                    return
-        finally:
-            waiting.pop(scope, None)

@@ -143,7 +143,7 @@ class H2Channel(H2Endpoint):
                 await self._read()
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError):
-            pass
+            pass  # the connection is over; streams still open learn it below
         finally:
             self.closed.set()
             self.window_changed()

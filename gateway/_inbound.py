@@ -33,11 +33,12 @@ from ._authz import DENIED_BODY, DENIED_STATUS
 from ._authz_match import AuthzRequest
 from ._events import InformationalResponse, Request
 from ._fastio import FastSocketStream, FastTlsStream
-from ._exchange import (RECV_SIZE, Downstream, DownstreamGone, Exchange, ResponseAborted, forward, request_headers,
-                        serve_http1)
-from ._outbound import close_gracefully, split_authority
+from ._downstream import RECV_SIZE, Downstream, DownstreamGone, serve_http1
+from ._exchange import Exchange, ResponseAborted, forward, forward_upgrade, request_headers
+from ._tunnel import close_gracefully, split_authority
+from ._proxy_stats import TlsRefusal
 from ._rescue import ProxyError, rescue
-from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_client_hello, parse_outbound_sni
+from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_outbound_sni, sniff_server_name
 from ._tcpsplice import splice
 from ._upstream import open_connection
 from ._xfcc import XFCC_HEADER, PeerCertificate
@@ -53,6 +54,23 @@ DETECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 _CONTINUE = InformationalResponse(100)
 _STREAMING_PROTOCOLS = frozenset({"tcp", "http2", "grpc"})
+
+
+_REFUSALS = {
+    "no_client_certificate": TlsRefusal.NO_CLIENT_CERTIFICATE, "expired": TlsRefusal.CERTIFICATE_EXPIRED,
+    "not_yet_valid": TlsRefusal.CERTIFICATE_EXPIRED, "chain_not_to_bundle": TlsRefusal.UNTRUSTED_CHAIN,
+    "ca_as_leaf": TlsRefusal.UNTRUSTED_CHAIN, "wrong_eku": TlsRefusal.UNTRUSTED_CHAIN,
+    "unknown_trust_domain": TlsRefusal.BAD_PEER_IDENTITY, "uri_san_count": TlsRefusal.BAD_PEER_IDENTITY,
+    "malformed_spiffe_id": TlsRefusal.BAD_PEER_IDENTITY,
+}
+
+
+def tls_refusal(exc: BaseException) -> TlsRefusal:
+    """The metric reason for a failed inbound handshake."""
+    if isinstance(exc, trio.TooSlowError):
+        return TlsRefusal.HANDSHAKE_TIMEOUT
+    reason = getattr(exc, "reason", None)
+    return _REFUSALS.get(getattr(reason, "value", ""), TlsRefusal.HANDSHAKE_ERROR)
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -117,7 +135,7 @@ class InboundListener:
         with trio.move_on_after(DETECT_TIMEOUT):
             data = await stream.receive_some(RECV_SIZE)
             if data and data[0] == TLS_HANDSHAKE:
-                while (hello := parse_client_hello(data)) is NEED_DATA:
+                while (hello := sniff_server_name(data)) is NEED_DATA:
                     more = await stream.receive_some(RECV_SIZE)
                     if not more:
                         return
@@ -152,6 +170,7 @@ class InboundListener:
             tls = FastTlsStream.take_over(handshaken)
         except (TrustDomainError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.info("inbound TLS from %s failed: %s", caller.source_ip, exc)
+            self.proxy.metrics.record_tls_refusal(tls_refusal(exc))
             return
         caller.peer = str(peer.spiffe_id)
         if inbound.xfcc is not None:
@@ -174,9 +193,11 @@ class InboundListener:
             decision = pa.mode_for(caller.port)
             if not decision.accepts_plaintext:
                 log.info("inbound plaintext from %s refused: %s", caller.source_ip, decision.why)
+                self.proxy.metrics.record_tls_refusal(TlsRefusal.PLAINTEXT_UNDER_STRICT)
                 return
         elif not any(pa.mode_for(p).accepts_plaintext for p in snap.inbound.app_ports):
             log.info("inbound plaintext from %s refused: %s", caller.source_ip, pa.default.why)
+            self.proxy.metrics.record_tls_refusal(TlsRefusal.PLAINTEXT_UNDER_STRICT)
             return
         await self._serve(stream, first, snap, caller)
 
@@ -197,26 +218,25 @@ class InboundListener:
         inbound = snap.inbound
         port = caller.port
         assert port is not None
-        started = trio.current_time()
         if inbound.has_authz:
             d = inbound.authorizer.check(AuthzRequest(caller.source_ip, port, caller.peer, caller.local_ip,
                                                       caller.sni, tcp=True))
             if not d.allowed:
                 log.info("inbound TCP from %s to port %d denied: %s", caller.peer or caller.source_ip, port, d.reason)
-                self.proxy.record_inbound(caller, port, 0, "-", started, protocol="tcp")
+                self.proxy.report.inbound_tcp(caller.peer, port, "-")
                 return
         try:
             app = await open_connection((inbound.app_address, port, "", ""), None,
                                         self.proxy.app_connect_timeout)
         except ProxyError as exc:
             log.info("inbound TCP to app port %d: %s", port, exc)
-            self.proxy.record_inbound(caller, port, 0, rescue(exc).flags, started, protocol="tcp")
+            self.proxy.report.inbound_tcp(caller.peer, port, rescue(exc).flags)
             return
         try:
-            await splice(stream, app.stream, a_prefix=first)
+            result = await splice(stream, app.stream, a_prefix=first)
         finally:
             await close_gracefully(app)
-        self.proxy.record_inbound(caller, port, 0, "-", started, protocol="tcp")
+        self.proxy.report.inbound_tcp(caller.peer, port, "-", result)
 
     async def handle(self, down: Downstream, req: Request, caller: Caller) -> bool:
         snap = self.proxy.snapshot
@@ -245,21 +265,26 @@ class InboundListener:
                     req.method.decode("latin-1"), path.decode("latin-1"), host.decode("latin-1"), req.headers))
                 if not d.allowed:
                     log.debug("inbound %s %s denied: %s", req.method, req.target[:200], d.reason)
-                    self.proxy.record_inbound(caller, port, DENIED_STATUS, "-", started)
+                    self.proxy.report.inbound_http(caller.peer, port, DENIED_STATUS, "-", started)
                     return await down.local_reply(DENIED_STATUS, DENIED_BODY)
             if down.codec.they_are_waiting_for_100_continue:
                 await down.send_bytes(down.codec.send(_CONTINUE))
-            headers, has_body = request_headers(req.headers, host)
+            headers, has_body, upgrade = request_headers(req.headers, host)
             if caller.xfcc is not None or any(n == XFCC_HEADER for n, _ in headers):
                 headers = [h for h in headers if h[0] != XFCC_HEADER]
                 if caller.xfcc is not None:
                     headers.append((XFCC_HEADER, caller.xfcc))
             head = Request(req.method, req.target, headers)
-            await forward(down, head, has_body, self.proxy.pool, (inbound.app_address, port, "", ""),
-                          self.proxy.app_connect_timeout, state=state)
+            key = (inbound.app_address, port, "", "")
+            if upgrade is not None:  # WebSocket: a connection of its own, a tunnel after 101
+                conn = await open_connection(key, None, self.proxy.app_connect_timeout)
+                await forward_upgrade(down, head, conn, state=state)
+            else:
+                await forward(down, head, has_body, self.proxy.pool, key, self.proxy.app_connect_timeout, state=state)
         except ProxyError as exc:
             reply = rescue(exc)
-            self.proxy.record_inbound(caller, port, reply.status, reply.flags, started)
+            self.proxy.report.inbound_http(caller.peer, port, reply.status, reply.flags, started, state.bytes_in,
+                                           state.bytes_out)
             log.debug("inbound %s %s: %s", req.method, req.target[:200], exc)
             try:
                 return await down.rescue(reply)
@@ -267,8 +292,11 @@ class InboundListener:
                 return False
         except (ResponseAborted, DownstreamGone) as exc:
             log.debug("inbound %s %s: %s", req.method, req.target[:200], exc)
-            self.proxy.record_inbound(caller, port, state.status or 503, "UC", started)
+            self.proxy.report.inbound_http(caller.peer, port, state.status,
+                                           "UC" if isinstance(exc, ResponseAborted) else "DC", started,
+                                           state.bytes_in, state.bytes_out)
             return False
-        self.proxy.record_inbound(caller, port, state.status, "-", started)
-        return True
+        self.proxy.report.inbound_http(caller.peer, port, state.status, "-", started, state.bytes_in,
+                                       state.bytes_out)
+        return state.status != 101
 

@@ -31,17 +31,17 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._breaker import Overflow, Resource
-from ._events import InformationalResponse, Request, Response
-from ._actions import HeaderOps
-from ._exchange import (Downstream, DownstreamGone, Exchange, ResponseAborted, apply_ops, forward, request_headers,
-                        serve_http1)
+from ._events import InformationalResponse, Request
+from ._headerops import HeaderOps
+from ._downstream import Downstream, DownstreamGone, serve_http1
+from ._exchange import Exchange, ResponseAborted, apply_ops, forward, forward_upgrade, request_headers
 from ._match import RouteRequest, join_headers
 from ._rescue import (DownstreamProtocolError, NoClusterError, NoHealthyUpstreamError, NoRouteError, ProxyError,
                       UpstreamConnectError, UpstreamOverflowError, UpstreamTimeoutError, rescue)
 from ._balancer import NO_CONTEXT, PickContext
 from ._fastio import FastSocketStream
-from ._tcpsplice import splice
-from ._upstream import UpstreamConnection, open_connection
+from ._tunnel import connect_tunnel, split_authority
+from ._upstream import open_connection
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -85,19 +85,6 @@ class LazyHeaders(Mapping[str, str]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._get()
-
-
-def split_authority(authority: bytes, default_port: int = 80) -> tuple[str, int]:
-    """``b"host:port"`` -> (host, port); brackets kept off IPv6 literals."""
-    text = authority.decode("latin-1")
-    if text.startswith("["):
-        end = text.find("]")
-        host, rest = text[1:end], text[end + 1:]
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
-    host, sep, port = text.rpartition(":")
-    if sep and port.isdigit():
-        return host, int(port)
-    return text, default_port
 
 
 def split_target(target: bytes, headers: object) -> tuple[bytes, bytes]:
@@ -182,7 +169,7 @@ class OutboundHttp:
             if cluster is None:
                 raise NoClusterError(dest.cluster)
             out_authority = dest.authority.encode("latin-1") if dest.authority else authority
-            headers, has_body = request_headers(req.headers, out_authority)
+            headers, has_body, upgrade = request_headers(req.headers, out_authority)
             headers.append(_XFP)
             if not any(n == b"x-request-id" for n, _ in headers):
                 headers.append((b"x-request-id", request_id()))
@@ -194,11 +181,11 @@ class OutboundHttp:
             timeout = decision.timeout
             if timeout is None or timeout.nanos <= 0:
                 target = await self._send(down, head, has_body, cluster, decision, state, rr,
-                                          dest.response_headers)
+                                          dest.response_headers, upgrade is not None)
             else:
                 with trio.move_on_at(started + timeout.seconds) as scope:
                     target = await self._send(down, head, has_body, cluster, decision, state, rr,
-                                              dest.response_headers)
+                                              dest.response_headers, upgrade is not None)
                 if scope.cancelled_caught:
                     if state.head_sent:
                         return False
@@ -206,7 +193,8 @@ class OutboundHttp:
         except ProxyError as exc:
             reply = rescue(exc)
             state.status = reply.status
-            self.proxy.record_outbound(cluster, target, reply.status, reply.flags, started)
+            self.proxy.report.outbound_http(cluster, target, state.peer, reply.status, reply.flags, started,
+                                            state.bytes_in, state.bytes_out)
             log.debug("outbound %s %s: %s", req.method, req.target[:200], exc)
             try:
                 return await down.rescue(reply)
@@ -214,13 +202,17 @@ class OutboundHttp:
                 return False
         except (ResponseAborted, DownstreamGone) as exc:
             log.debug("outbound %s %s: %s", req.method, req.target[:200], exc)
-            self.proxy.record_outbound(cluster, target, state.status or 503, "UC", started)
+            self.proxy.report.outbound_http(cluster, target, state.peer, state.status,
+                                            "UC" if isinstance(exc, ResponseAborted) else "DC", started,
+                                            state.bytes_in, state.bytes_out)
             return False
-        self.proxy.record_outbound(cluster, target, state.status, "-", started, peer=state.peer)
-        return True
+        self.proxy.report.outbound_http(cluster, target, state.peer, state.status, "-", started, state.bytes_in,
+                                        state.bytes_out)
+        return state.status != 101
 
     async def _send(self, down: Downstream, head: Request, has_body: bool, cluster: ClusterConfig,
-                    decision: object, state: Exchange, rr: RouteRequest, response_ops: HeaderOps) -> object:
+                    decision: object, state: Exchange, rr: RouteRequest, response_ops: HeaderOps,
+                    upgrade: bool = False) -> object:
         """Pick a host and carry the request there; connect failures move to another host."""
         balancer = cluster.balancer
         if balancer is None:
@@ -229,6 +221,7 @@ class OutboundHttp:
         if cluster.limits_requests:
             permit = cluster.breaker.try_acquire(Resource.REQUESTS)
             if type(permit) is Overflow:
+                self.proxy.metrics.record_overflow(cluster.name, permit)
                 raise UpstreamOverflowError(cluster.name, "requests")
         retries = decision.retries  # type: ignore[attr-defined]
         attempts = 1 + (retries.attempts if retries is not None else DEFAULT_RETRY_ATTEMPTS)
@@ -248,8 +241,13 @@ class OutboundHttp:
                 stats.rq_active += 1
                 balancer.on_request_start(host)
                 try:
-                    await forward(down, head, has_body, pool, target.pool_key, cluster.timeouts.connect_timeout,
-                                  response_ops, cluster.timeouts.idle_timeout, state)
+                    if upgrade:  # WebSocket: a connection of its own, a tunnel after 101
+                        conn = await open_connection(target.pool_key, self.proxy.client_mtls if target.tls else None,
+                                                     cluster.timeouts.connect_timeout)
+                        await forward_upgrade(down, head, conn, response_ops, state)
+                    else:
+                        await forward(down, head, has_body, pool, target.pool_key, cluster.timeouts.connect_timeout,
+                                      response_ops, cluster.timeouts.idle_timeout, state)
                     stats.rq_success += 1
                     return target
                 except UpstreamConnectError:
@@ -270,86 +268,4 @@ class OutboundHttp:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _tunnel(self, down: Downstream, req: Request, snap: Snapshot) -> None:
-        """CONNECT: 200, then bytes both ways to the destination's sidecar over mTLS."""
-        started = trio.current_time()
-        down.request_complete()  # the CONNECT's (empty) end: the client now waits for our answer
-        host_name, port = split_authority(req.target, 443)
-        cluster = snap.tcp_cluster(host_name, port)
-        try:
-            if cluster is None:
-                raise NoRouteError(host_name, "", port)
-            conn = await self.proxy.connect_cluster(cluster)
-        except ProxyError as exc:
-            reply = rescue(exc)
-            self.proxy.record_outbound(cluster, None, reply.status, reply.flags, started)
-            try:
-                await down.rescue(reply, close=True)
-            except DownstreamGone:
-                pass
-            return
-        try:
-            await down.send_bytes(down.codec.send(Response(200, [])))
-            prefix, _ = down.codec.trailing_data
-            result = await splice(down.stream, conn.stream, a_prefix=prefix)
-            log.debug("CONNECT %s closed: %s", req.target, result)
-        except DownstreamGone:
-            pass
-        finally:
-            await close_gracefully(conn)
-        self.proxy.record_outbound(cluster, None, 200, "-", started)
-
-
-async def close_gracefully(conn: UpstreamConnection, grace: float = 1.0) -> None:
-    """Close with a TLS close_notify when possible (the far end then reads a clean EOF)."""
-    with trio.move_on_after(grace) as scope:
-        scope.shield = True
-        try:
-            await conn.stream.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-    conn.close()
-
-
-async def serve_tcp_listener(proxy: Proxy, stream: FastSocketStream, host: str, port: int) -> None:
-    """A per-port TCP listener: each connection spliced to ``host:port`` over mTLS."""
-    snap = proxy.snapshot
-    cluster = snap.tcp_cluster(host, port)
-    started = trio.current_time()
-    if cluster is None:
-        log.warning("TCP listener for %s:%d: no such service in config version %s", host, port, snap.version)
-        return
-    try:
-        conn = await proxy.connect_cluster(cluster)
-    except ProxyError as exc:
-        log.info("TCP %s:%d: %s", host, port, exc)
-        proxy.record_outbound(cluster, None, 0, rescue(exc).flags, started, protocol="tcp")
-        return
-    try:
-        await splice(stream, conn.stream)
-    finally:
-        await close_gracefully(conn)
-    proxy.record_outbound(cluster, None, 0, "-", started, protocol="tcp")
-
-
-async def open_to_cluster(proxy: Proxy, cluster: ClusterConfig) -> UpstreamConnection:
-    """A new (unpooled) connection to a host of ``cluster``, trying other hosts on failure."""
-    balancer = cluster.balancer
-    if balancer is None:
-        raise NoHealthyUpstreamError(cluster.name)
-    ctx = PickContext()
-    last: UpstreamConnectError | None = None
-    for _ in range(1 + DEFAULT_RETRY_ATTEMPTS):
-        host = balancer.pick(ctx)
-        if host is None:
-            break
-        target = host.endpoint
-        try:
-            return await open_connection(target.pool_key, proxy.client_mtls if target.tls else None,
-                                         cluster.timeouts.connect_timeout)
-        except UpstreamConnectError as exc:
-            target.stats.cx_connect_fail += 1
-            last = exc
-            ctx = ctx.excluding(host.key)
-    if last is not None:
-        raise last
-    raise NoHealthyUpstreamError(cluster.name)
+        await connect_tunnel(self.proxy, down, req, snap)

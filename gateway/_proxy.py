@@ -30,12 +30,15 @@ from topology import Diagnostic
 from trustdomain import MtlsContexts, TrustDomainError
 
 from . import GatewayError
-from ._admin import AdminServer, RequestMetrics, inbound_labels, outbound_labels
+from ._admin import AdminServer
+from ._metrics import ProxyMetrics
+from ._reporting import Reporting
 from ._config import ProxyConfig, parse_hostport
-from ._exchange import IdleWatch
+from ._downstream import IdleWatch
 from ._fastio import FastSocketStream, listen, serve_socket
-from ._inbound import Caller, InboundListener
-from ._outbound import OutboundHttp, open_to_cluster, serve_tcp_listener
+from ._inbound import InboundListener
+from ._outbound import OutboundHttp
+from ._tunnel import open_to_cluster, serve_tcp_listener
 from ._snapshot import H1_ALPN, ClusterConfig, Snapshot, StatsStore, compile_snapshot
 from ._upstream import UpstreamConnection, UpstreamPool
 
@@ -60,7 +63,8 @@ class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.stats = StatsStore()
         self.registry = CollectorRegistry()
-        self.metrics = RequestMetrics(self.registry)
+        self.metrics = ProxyMetrics(self.registry)
+        self.report = Reporting(self.metrics)
         self.server_mtls: MtlsContexts | None = None
         self.client_mtls: MtlsContexts | None = None
         self._tls_fingerprint: bytes | None = None
@@ -113,6 +117,7 @@ class Proxy:
                 self._tls_fingerprint = snap.tls.fingerprint
         if snap is None:
             self.refused += 1
+            self.metrics.record_config(applied=False)
             for d in diagnostics:
                 if d.is_error:
                     log.error("config refused: %s", d)
@@ -125,6 +130,8 @@ class Proxy:
         self.pool.idle_timeout = pool.idle_timeout.seconds
         self.pool.limits = snap.limits
         self._snapshot = snap
+        self.report.configure(snap)
+        self.metrics.record_config(applied=True)
         self.applied += 1
         log.info("config version %s applied (%d clusters)", snap.version, len(snap.clusters))
         if self._nursery is not None:
@@ -218,27 +225,6 @@ class Proxy:
     async def connect_cluster(self, cluster: ClusterConfig) -> UpstreamConnection:
         """A fresh, unpooled connection to a host of ``cluster`` (CONNECT and TCP splices)."""
         return await open_to_cluster(self, cluster)
-
-    # -- telemetry ------------------------------------------------------------------------
-
-    def _own_id(self) -> str:
-        tls = self.snapshot.tls
-        return str(tls.svid.spiffe_id) if tls is not None else ""
-
-    def record_outbound(self, cluster: ClusterConfig | None, target: Any, status: int, flags: str, started: float,
-                        protocol: str = "http", peer: str = "") -> None:
-        snap = self.snapshot
-        key = ("tcp" if protocol == "tcp" else "out", cluster.name if cluster is not None else "",
-               target.pool_key if target is not None else None, peer, status, flags)
-        self.metrics.inc(key, lambda: outbound_labels(snap, self._own_id(), cluster, target, peer, status, flags,
-                                                      protocol))
-
-    def record_inbound(self, caller: Caller, port: int, status: int, flags: str, started: float,
-                       protocol: str = "http") -> None:
-        snap = self.snapshot
-        key = ("tcp" if protocol == "tcp" else "in", caller.peer, port, status, flags)
-        self.metrics.inc(key, lambda: inbound_labels(snap, self._own_id(), caller.peer, port, status, flags,
-                                                     protocol))
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else "stopped"

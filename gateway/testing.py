@@ -97,6 +97,11 @@ class EchoApp:
                 n -= len(piece)
             await stream.send_all(conn.send(EndOfMessage()))
             return
+        if req.method == b"HEAD":
+            await stream.send_all(conn.send(Response(200, [(b"content-type", b"application/json"),
+                                                            (b"content-length", b"42")]))
+                                  + conn.send(EndOfMessage()))
+            return
         body = json.dumps({"app": self.name, "method": seen.method, "target": target, "headers": headers,
                            "body_bytes": size, "sha256": seen.sha256}).encode()
         await stream.send_all(conn.send(Response(200, [(b"content-type", b"application/json"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,9 +56,20 @@ class Running:
         raise AssertionError("no VmHWM")
 
 
-async def launch(nursery: trio.Nursery, config: Path) -> Running:
+@pytest.fixture
+def processes() -> Iterator[list[trio.Process]]:
+    """Every proxy process a test starts; killed at teardown whatever the test's outcome."""
+    started: list[trio.Process] = []
+    yield started
+    for process in started:
+        if process.returncode is None:
+            process.kill()
+
+
+async def launch(nursery: trio.Nursery, config: Path, processes: list[trio.Process]) -> Running:
     process = await trio.lowlevel.open_process([sys.executable, "-m", "federation", "proxy", "--config", str(config)],
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    processes.append(process)
     running = Running(process)
     await running.start(nursery)
     return running
@@ -83,14 +96,14 @@ def test_invalid_config_exits_1_with_file_and_line(tmp_path: Path, capsys: pytes
         "expected host:port, found 'nowhere'"]
 
 
-async def test_proxy_serves_reloads_refuses_and_stops_cleanly(nursery: trio.Nursery, pki: MeshPki,
-                                                              tmp_path: Path) -> None:
+async def test_proxy_serves_reloads_refuses_and_stops_cleanly(nursery: trio.Nursery, pki: MeshPki, tmp_path: Path,
+                                                              processes: list[trio.Process]) -> None:
     block = random_block()
     app = EchoApp()
     _, app_port = await nursery.start(app.serve, f"{block}.2")
     client_path, server_path = sidecar_configs(pki, tmp_path, PairAddresses(f"{block}.1", f"{block}.2", app_port))
-    server = await launch(nursery, server_path)
-    client = await launch(nursery, client_path)
+    server = await launch(nursery, server_path, processes)
+    client = await launch(nursery, client_path, processes)
     assert server.ready == f"ready admin={block}.2:15000 inbound={block}.2:15006"
     proxy = f"http://{block}.1:15001"
     url = "http://echo.demo.svc.cluster.local:8080/cli"
@@ -117,14 +130,14 @@ async def test_proxy_serves_reloads_refuses_and_stops_cleanly(nursery: trio.Nurs
     assert await stop(server) == 0
 
 
-async def test_streamed_upload_keeps_proxy_memory_bounded(nursery: trio.Nursery, pki: MeshPki,
-                                                          tmp_path: Path) -> None:
+async def test_streamed_upload_keeps_proxy_memory_bounded(nursery: trio.Nursery, pki: MeshPki, tmp_path: Path,
+                                                          processes: list[trio.Process]) -> None:
     block = random_block()
     app = EchoApp()
     _, app_port = await nursery.start(app.serve, f"{block}.2")
     client_path, server_path = sidecar_configs(pki, tmp_path, PairAddresses(f"{block}.1", f"{block}.2", app_port))
-    server = await launch(nursery, server_path)
-    client = await launch(nursery, client_path)
+    server = await launch(nursery, server_path, processes)
+    client = await launch(nursery, client_path, processes)
     before = max(server.rss_peak_kb(), client.rss_peak_kb())
     size = BODY_MB * 1024 * 1024
     with trio.fail_after(120):
@@ -140,3 +153,17 @@ async def test_streamed_upload_keeps_proxy_memory_bounded(nursery: trio.Nursery,
     assert after - before < 32 * 1024  # a few receive buffers, never the body
     assert await stop(client) == 0
     assert await stop(server) == 0
+
+
+def test_a_listener_that_cannot_bind_exits_1_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = f"{random_block()}.7"
+    with socket.socket() as taken:
+        taken.bind((host, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "proxy.yaml"
+        path.write_text("apiVersion: meshfed.io/v1alpha1\nkind: ProxyConfig\nmetadata: {name: x}\nspec:\n"
+                        f"  node: {{cluster: c, workload: w}}\n  listeners: {{admin: '{host}:{port}'}}\n")
+        assert main(["proxy", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == f"fedctl proxy: error: cannot listen on {host}:{port} (admin): Address already in use"

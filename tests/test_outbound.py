@@ -15,7 +15,8 @@ from gateway._rescue import (RESET_PREFIX, NoClusterError, NoHealthyUpstreamErro
                              UpstreamOverflowError, UpstreamProtocolError, UpstreamResetError, UpstreamTimeoutError,
                              rescue)
 from gateway._events import RemoteProtocolError
-from gateway._outbound import split_authority, split_target
+from gateway._outbound import split_target
+from gateway._tunnel import split_authority
 from gateway.testing import Pair, curl, random_block, start_pair
 from trustdomain.testing import MeshPki
 
@@ -214,3 +215,11 @@ def test_request_targets_split_into_authority_and_path(target: bytes, headers: l
 ])
 def test_authorities_split_into_host_and_port(authority: bytes, expected: tuple) -> None:
     assert split_authority(authority) == expected
+
+
+async def test_head_request_gets_headers_without_a_body(pair: Pair) -> None:
+    code, out, err = await curl("-I", "-x", pair.proxy_url, pair.url("/head"), pair.url("/head2"))
+    assert code == 0, err
+    heads = [h for h in out.split("\r\n\r\n") if h]
+    assert len(heads) == 2 and all(h.startswith("HTTP/1.1 200 OK") for h in heads)
+    assert all("content-length:" in h.lower() for h in heads)

@@ -262,3 +262,61 @@ async def test_tcp_listener_splices_to_the_service(nursery: trio.Nursery, pki: M
     code, out, _ = await curl(f"http://{pair.addrs.server}:15000/metrics")
     assert any(x.startswith("istio_tcp_connections_opened_total{") and 'source_principal="spiffe://east.example/ns/'
                'demo/sa/client"' in x for x in out.splitlines())
+
+
+async def upgrade_echo(host: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A WebSocket-shaped app: answers an Upgrade with 101, then echoes bytes upper-cased."""
+    listeners = await trio.open_tcp_listeners(0, host=host)
+    task_status.started(listeners[0].socket.getsockname()[:2])
+
+    async def handle(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        request, _, rest = head.partition(b"\r\n\r\n")
+        assert b"upgrade: websocket" in request.lower() and b"connection: upgrade" in request.lower()
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        if rest:
+            await stream.send_all(rest.upper())
+        while data := await stream.receive_some(4096):
+            await stream.send_all(data.upper())
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_websocket_upgrade_passes_through_both_sidecars(nursery: trio.Nursery, pki: MeshPki,
+                                                              tmp_path: Path) -> None:
+    pair = await start_pair(nursery, pki, tmp_path, app_serve=upgrade_echo)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(pair.addrs.client, 15001)
+        async with stream:
+            await stream.send_all(f"GET {pair.url('/ws')} HTTP/1.1\r\nHost: echo.demo.svc.cluster.local:8080\r\n"
+                                  "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(4096)
+            head, _, data = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+            assert b"upgrade: websocket" in head.lower()
+            for word in (b"hello", b"over", b"the mesh"):
+                await stream.send_all(word)
+                while len(data) < len(word):
+                    data += await stream.receive_some(4096)
+                assert data == word.upper()
+                data = b""
+
+
+async def test_a_new_document_moves_listeners(pair: Pair) -> None:
+    text = pair.client_config.read_text()
+    moved = text.replace(f"admin: {pair.addrs.client}:15000", f"admin: {pair.addrs.client}:15100")
+    config, diagnostics = load_proxy_config_text(moved, str(pair.client_config))
+    assert config is not None, diagnostics
+    assert [d for d in pair.client.apply(config) if d.is_error] == []
+    with trio.fail_after(5):
+        while pair.client.addresses.get("admin") != (pair.addrs.client, 15100):
+            await trio.sleep(0.01)
+    code, out, _ = await curl(f"http://{pair.addrs.client}:15100/ready")
+    assert (code, out) == (0, "LIVE\n")
+    code, _, _ = await curl(f"http://{pair.addrs.client}:15000/ready")
+    assert code == 7  # connection refused: the old listener is closed
+    assert (await through(pair, "/after-move"))["target"] == "/after-move"

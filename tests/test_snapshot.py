@@ -254,3 +254,21 @@ def test_tcp_cluster_resolves_short_names_in_the_node_namespace(certs: str) -> N
     found = snap.tcp_cluster("reviews", 9080)
     assert found is not None and found.name == "outbound|9080||reviews.bookinfo.svc.cluster.local"
     assert snap.tcp_cluster("nothing.example", 9080) is None
+
+
+TCP_SPLIT = """\
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata: {name: reviews-tcp, namespace: bookinfo}
+  spec:
+    hosts: [reviews]
+    tcp:
+    - match: [{port: 9080}]
+      route: [{destination: {host: reviews, subset: v1}}]
+"""
+
+
+def test_tcp_routes_pick_the_subset_cluster(certs: str) -> None:
+    snap = ok(document(DR_SUBSETS + TCP_SPLIT, tls=certs))
+    found = snap.tcp_cluster("reviews.bookinfo.svc.cluster.local", 9080)
+    assert found is not None and found.name == "outbound|9080|v1|reviews.bookinfo.svc.cluster.local"

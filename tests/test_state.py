@@ -60,8 +60,8 @@ def test_write_state_replaces_the_file_whole_and_leaves_no_temporary(tmp_path: P
 def test_missing_state_names_the_file_and_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(StateError) as info:
         read_state(tmp_path)
-    assert str(info.value) == (f"{tmp_path}/.meshfed/state.json: no mesh was started from {tmp_path} "
-                               "(run 'fedctl up DIR')")
+    assert str(info.value) == (f"{tmp_path}/.meshfed/state.json: no mesh runs from {tmp_path} "
+                               "(start one with 'fedctl up DIR')")
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -13,7 +13,7 @@ from gateway._http1 import NEED_DATA
 from gateway._inbound import PrefixedStream
 from gateway._rescue import UpstreamConnectError
 from gateway._sni import NEED_DATA as HELLO_NEED_DATA
-from gateway._sni import parse_client_hello
+from gateway._sni import sniff_server_name
 from gateway._upstream import UpstreamConnection, UpstreamPool, open_connection
 from gateway.testing import EchoApp, random_block
 from trustdomain import MtlsContexts
@@ -154,7 +154,7 @@ async def test_mtls_connection_sends_the_sni_and_verifies_the_server(nursery: tr
 
     async def tls_server(stream: trio.SocketStream) -> None:
         data = b""
-        while (name := parse_client_hello(data)) is HELLO_NEED_DATA:
+        while (name := sniff_server_name(data)) is HELLO_NEED_DATA:
             data += await stream.receive_some(65536)
         seen.append(name)
         tls, peer = await server_tls.accept(PrefixedStream(stream, data))
