@@ -47,6 +47,23 @@ def parse_status_rss_kb(text: str) -> int:
     raise ValueError("no VmRSS line (a kernel thread or a zombie?)")
 
 
+def parse_schedstat(text: str) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) from ``/proc/<pid>/task/<tid>/schedstat``."""
+    on_cpu, waiting, _slices = text.split()
+    return int(on_cpu), int(waiting)
+
+
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time every thread of ``pid`` spent ready to run while the CPUs did other work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += parse_schedstat((task / "schedstat").read_text())[1]
+        except (OSError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
+
+
 def cpu_seconds(pid: int) -> float:
     return parse_stat_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLOCK_TICKS
 
@@ -87,25 +104,34 @@ def machine_busy_fraction(seconds: float = 1.0) -> float:
 
 @dataclass
 class CpuWindow:
-    """CPU seconds of a set of processes between ``start()`` and ``stop()``, and the wall time."""
+    """CPU seconds of a set of processes between ``start()`` and ``stop()``, the wall time, and how
+    long they waited for a CPU meanwhile (high when other work on the machine starves them)."""
 
     pids: Sequence[int]
     cpu: float = 0.0
     wall: float = 0.0
+    waited: float = 0.0
 
     def start(self) -> "CpuWindow":
         self._cpu0 = sum(cpu_seconds(p) for p in self.pids)
+        self._wait0 = sum(runqueue_wait_seconds(p) for p in self.pids)
         self._t0 = time.perf_counter()
         return self
 
     def stop(self) -> "CpuWindow":
         self.wall = time.perf_counter() - self._t0
         self.cpu = sum(cpu_seconds(p) for p in self.pids) - self._cpu0
+        self.waited = sum(runqueue_wait_seconds(p) for p in self.pids) - self._wait0
         return self
 
     @property
     def vcpu(self) -> float:
         return self.cpu / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def wait_fraction(self) -> float:
+        """Seconds spent waiting for a CPU per second of the window (summed over the processes)."""
+        return self.waited / self.wall if self.wall > 0 else 0.0
 
 
 @dataclass

@@ -103,6 +103,7 @@ def rows(scenarios: Figures, details: dict[str, dict[str, Any]]) -> list[tuple[s
         ("p90 / p99 ms from actual send", [f"{_fmt(lat('service_p90_ms')(n), 3)} / {_fmt(lat('service_p99_ms')(n), 3)}"
                                            for n in names]),
         ("other load, cores (latency phase)", per(lat("other_load_cores"))),
+        ("proxies waited for a CPU, s/s", per(lat("proxies_runqueue_wait"))),
         ("errors (latency / saturation)", [_errors(details.get(n, {})) for n in names]),
     ]
 
@@ -133,7 +134,7 @@ def render(result: dict[str, Any]) -> str:
                      f"{verdict}")
     for name, d in details.items():
         if "error" in d:
-            lines.append(f"{name} FAILED: {d['error']}")
+            lines.append(f"{name} FAILED: {d['error'].splitlines()[0]} (its log tail is above and in the JSON)")
     busy = result.get("machine", {}).get("busy_before_run")
     if busy is not None:
         lines.append(f"machine: {result['machine'].get('cores')} cores, {busy:.0%} busy with other work "

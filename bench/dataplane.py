@@ -19,9 +19,17 @@ listener is a reverse proxy and gets origin-form ones. The load generators run o
 same 2 cores as the servers: at saturation wrk and nginx take CPU from the proxies, so
 the saturation figures are for this whole machine, not for a proxy alone.
 
-Figures: ``vcpu_per_1k_rps`` counts both proxies of a pair together; ``rss_*_mb`` are per
-sidecar (the larger of a pair; both in ``details``); ``direct`` has no proxy, so those
-are null.
+Figures: ``vcpu_per_1k_rps`` is the proxies' utime+stime over the latency phase divided
+by its achieved rps/1000, both proxies of a pair together; ``rss_idle_mb`` is VmRSS once
+started and after the one check request, ``rss_loaded_mb`` the largest VmRSS seen under
+load; RSS is per sidecar (the larger of a pair; both in ``details``); ``direct`` has no
+proxy, so those are null. ``--json`` writes ``scenarios`` (exactly these seven figures),
+``details`` (every phase's counts, errors and noise indicators), ``targets`` and ``settings``.
+
+A shared machine makes tails noisy: the table shows, for each latency phase, the cores
+that other work used and how long the proxies waited for a CPU (``/proc/<pid>/task/*/
+schedstat``); when those are high the tail is the scheduler's, not the proxy's.
+``--nice -5`` gives the run and everything it starts priority over such work.
 
     python3 bench/dataplane.py [--quick] [--json FILE] [--scenarios direct,haproxy_pair,...]
 """
@@ -175,6 +183,7 @@ def measure(target: Target, plan: Plan, app_pid: int, log: Callable[[str], None]
             "service_p99_ms": percentile(lat.service_ms, 99),
             "max_send_lag_ms": lat.max_send_lag_ms, "new_connections": lat.connections_opened,
             "proxies_vcpu": cpu.vcpu if pids else None,
+            "proxies_runqueue_wait": cpu.wait_fraction if pids else None,
             "other_load_cores": max(0.0, machine.cores - others.vcpu),
         },
         "saturation_phase": {"rps": sat.rps, "requests": sat.requests, "seconds": sat.seconds,

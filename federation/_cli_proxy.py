@@ -67,9 +67,29 @@ def run(args: argparse.Namespace) -> int:
         return trio.run(_serve, proxy, args.config)
     except KeyboardInterrupt:
         return 0
-    except GatewayError as exc:  # a listener that cannot bind, ...
-        print(f"fedctl proxy: error: {exc}", file=sys.stderr)
+    except (GatewayError, BaseExceptionGroup) as exc:  # a listener that cannot bind, ...
+        found = _gateway_errors(exc)
+        if found is None:
+            raise
+        for err in found:
+            print(f"fedctl proxy: error: {err}", file=sys.stderr)
         return 1
+
+
+def _gateway_errors(exc: BaseException) -> list[GatewayError] | None:
+    """The GatewayErrors in ``exc`` (trio's nurseries wrap them in groups), or None when
+    anything else is in there too, which must propagate."""
+    if isinstance(exc, GatewayError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(GatewayError)
+        if rest is None and matched is not None:
+            out: list[GatewayError] = []
+            for sub in matched.exceptions:
+                inner = _gateway_errors(sub)
+                out.extend(inner or [])
+            return out
+    return None
 
 
 def reload(proxy: Proxy, path: str) -> bool:

@@ -130,23 +130,29 @@ class ServerConnection(H2Endpoint):
                                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
         try:
             async with trio.open_nursery() as nursery:
-                await self.flush()
-                while True:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        break
-                    for event in self.conn.receive_data(data):
-                        self._dispatch(event, nursery)
-                    await self.flush()
+                await self._read(nursery)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as exc:
-            log.debug("connection from %s ended: %r", self.peer and self.peer.spiffe_id, exc)
         finally:
             self.closed.set()
             self.window_changed()
             for req in self._requests.values():
                 req.reset.set()
             await trio.aclose_forcefully(self.stream)
+
+    async def _read(self, nursery: trio.Nursery) -> None:
+        """Until EOF or a broken connection; errors end here (handlers catch their own), so the
+        nursery never combines one with a Cancelled into a MultiError."""
+        try:
+            await self.flush()
+            while True:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                for event in self.conn.receive_data(data):
+                    self._dispatch(event, nursery)
+                await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as exc:
+            log.debug("connection from %s ended: %r", self.peer and self.peer.spiffe_id, exc)
 
     def _dispatch(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
@@ -233,5 +239,7 @@ class ControlPlaneListener:
         self.connections += 1
         try:
             await ServerConnection(stream, peer, self).serve()
+        except Exception:  # one connection's bug must not take the control plane down
+            log.exception("connection from %s failed", peer.spiffe_id if peer else "an anonymous client")
         finally:
             self.connections -= 1

@@ -47,6 +47,10 @@ class CertificateFetchError(GatewayError, TrustDomainError):
         super().__init__(message)
 
 
+FETCH_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ChannelClosed,
+                PeerRefused)
+
+
 def bootstrap_context(bundles: BundleSet) -> ssl.SSLContext:
     """TLS client context without a client certificate, trusting the bundles' authorities."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -123,14 +127,20 @@ class CertificateClient:
                 try:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(channel.run)
-                        status, body = await channel.request("POST", PATH_CERTIFICATE,
-                                                             CertificateRequest(csr, token).to_json())
+                        try:
+                            status, body = await channel.request("POST", PATH_CERTIFICATE,
+                                                                 CertificateRequest(csr, token).to_json())
+                        except FETCH_ERRORS as exc:  # raised below, not wrapped in an ExceptionGroup
+                            status, body = 0, str(exc).encode()
                         nursery.cancel_scope.cancel()  # stop the reader before the stream closes
                 finally:
                     await channel.aclose()
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ChannelClosed, PeerRefused) as exc:
+        except FETCH_ERRORS as exc:
             raise CertificateFetchError(f"{self.identity}: CA service at {self.address[0]}:{self.address[1]} "
                                         f"unreachable: {exc or type(exc).__name__}") from None
+        if status == 0:
+            raise CertificateFetchError(f"{self.identity}: CA service at {self.address[0]}:{self.address[1]} "
+                                        f"unreachable: {body.decode()}")
         if status != 200:
             raise CertificateFetchError(f"{self.identity}: CA service refused ({status}): {error_of(body)}", status)
         return self._svid(body, key)

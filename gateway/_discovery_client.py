@@ -67,6 +67,11 @@ class SubscribeRefused(GatewayError):
         super().__init__(f"subscription refused ({status}): {reason}")
 
 
+SESSION_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, ChannelClosed,
+                  PeerRefused, WireError, SubscribeRefused)
+"""What ends one session with the control plane; the client reconnects after any of them."""
+
+
 class DiscoveryClient:
     """Keeps one proxy subscribed to its control plane; run ``run`` in the proxy's nursery."""
 
@@ -118,8 +123,7 @@ class DiscoveryClient:
         while True:
             try:
                 await self._session()
-            except (OSError, trio.BrokenResourceError, trio.TooSlowError, ChannelClosed, PeerRefused, WireError,
-                    SubscribeRefused) as exc:
+            except SESSION_ERRORS as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.info("%s/%s: control plane at %s:%d unavailable: %s", self.node.namespace, self.node.instance,
                          *self.address, self.last_error)
@@ -142,10 +146,16 @@ class DiscoveryClient:
         try:
             if self.control_plane is not None and peer.spiffe_id != self.control_plane:
                 raise WireError("control plane", f"expected {self.control_plane}; found {peer.spiffe_id}")
+            failure: BaseException | None = None
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.run)
-                await self._subscribe(channel)
+                try:
+                    await self._subscribe(channel)
+                except SESSION_ERRORS as exc:  # raised below, not wrapped in the nursery's ExceptionGroup
+                    failure = exc
                 nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             await channel.aclose()
 

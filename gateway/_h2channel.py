@@ -126,6 +126,10 @@ class H2Channel(H2Endpoint):
         self.ping_interval = ping_interval
         self._streams: dict[int, ResponseStream] = {}
         self._pong = trio.Event()
+        self._reader = trio.CancelScope()
+        self._running = False
+        self.error: BaseException | None = None
+        """Why the connection ended, when it broke rather than closed."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read until the connection ends; every open stream then sees ChannelClosed."""
@@ -134,14 +138,16 @@ class H2Channel(H2Endpoint):
                                    h2.settings.SettingCodes.MAX_FRAME_SIZE: CLIENT_MAX_FRAME,
                                    h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.conn.increment_flow_control_window(CLIENT_WINDOW - 65535)  # RFC 9113 6.9.2: the connection's own
+        self._running = True
         try:
             await self.flush()
             task_status.started()
-            async with trio.open_nursery() as nursery:
-                if self.ping_interval:
-                    nursery.start_soon(self._keepalive)
-                await self._read()
-                nursery.cancel_scope.cancel()
+            with self._reader:  # cancelled by aclose before it closes the stream under the reader
+                async with trio.open_nursery() as nursery:
+                    if self.ping_interval:
+                        nursery.start_soon(self._keepalive)
+                    await self._read()
+                    nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError):
             pass  # the connection is over; streams still open learn it below
         finally:
@@ -151,13 +157,17 @@ class H2Channel(H2Endpoint):
                 rs._send.close()
 
     async def _read(self) -> None:
-        while True:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                return
-            for event in self.conn.receive_data(data):
-                self._dispatch(event)
-            await self.flush()
+        """Until EOF or a broken connection; errors end here, never beside a Cancelled in a MultiError."""
+        try:
+            while True:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                for event in self.conn.receive_data(data):
+                    self._dispatch(event)
+                await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as exc:
+            self.error = exc
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
@@ -187,7 +197,10 @@ class H2Channel(H2Endpoint):
             await trio.sleep(self.ping_interval)
             self._pong = trio.Event()
             self.conn.ping(b"meshfed!")
-            await self.flush()
+            try:
+                await self.flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the reader sees it too
             with trio.move_on_after(self.ping_interval) as scope:
                 await self._pong.wait()
             if scope.cancelled_caught:  # no PING ACK: the peer is gone without a FIN
@@ -219,10 +232,16 @@ class H2Channel(H2Endpoint):
         return rs.status, await rs.read_all(limit)
 
     async def aclose(self) -> None:
+        """GOAWAY, stop the reader, close the stream: in that order, whatever state it is in."""
         with trio.CancelScope(shield=True):
             try:
-                self.conn.close_connection()
-                await self.flush()
+                with trio.move_on_after(1):
+                    self.conn.close_connection()
+                    await self.flush()
             except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError):
                 pass
+            self._reader.cancel()
+            if self._running:
+                with trio.move_on_after(1):
+                    await self.closed.wait()
             await trio.aclose_forcefully(self.stream)

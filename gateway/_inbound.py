@@ -14,9 +14,10 @@ Per connection, in order:
    bundle of its trust domain; the peer certificate is read once for XFCC.
 5. **Per request** (HTTP ports): AuthorizationPolicy (403 ``RBAC: access denied`` on
    deny), ``x-forwarded-client-cert`` replaced by ours (Envoy's SANITIZE_SET), then the
-   request goes to the app over a pooled plain HTTP/1.1 connection. **TCP ports** (and,
-   until HTTP/2 lands here, http2/grpc ports, spoken to the app as h2c): one TCP-level
-   authorization check, then a splice to the app.
+   request goes to the app over a pooled plain HTTP/1.1 connection (http2/grpc apps too,
+   unless the caller itself speaks HTTP/2). **TCP ports**, and callers that open with the
+   HTTP/2 preface (gRPC through CONNECT; until HTTP/2 is terminated here): one TCP-level
+   authorization check, then a splice to the app (as h2c for http2/grpc ports).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ DETECT_TIMEOUT = 10.0
 """Seconds a new connection may take to send its first bytes (and a whole ClientHello)."""
 HANDSHAKE_TIMEOUT = 10.0
 _CONTINUE = InformationalResponse(100)
-_STREAMING_PROTOCOLS = frozenset({"tcp", "http2", "grpc"})
+_H2_PROTOCOLS = frozenset({"http2", "grpc"})
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 _REFUSALS = {
@@ -204,9 +206,21 @@ class InboundListener:
     async def _serve(self, stream: trio.abc.Stream, first: bytes, snap: Snapshot, caller: Caller) -> None:
         inbound = snap.inbound
         protocol = inbound.app_ports.get(caller.port) if caller.port is not None else None
-        if protocol in _STREAMING_PROTOCOLS:
+        if protocol == "tcp":
             await self._splice(stream, first, snap, caller)
             return
+        if protocol in _H2_PROTOCOLS:
+            # A caller's HTTP/2 (a gRPC client through a CONNECT tunnel) goes to the app as
+            # h2c bytes; HTTP/1.1 from a sidecar's outbound side is served as HTTP/1.1.
+            with trio.move_on_after(DETECT_TIMEOUT):
+                while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
+                    more = await stream.receive_some(RECV_SIZE)
+                    if not more:
+                        break
+                    first += more
+            if first.startswith(H2_PREFACE):
+                await self._splice(stream, first, snap, caller)
+                return
         down = Downstream(stream, snap.limits, (caller.source_ip, 0), preread=first)
 
         async def handle(down: Downstream, req: Request) -> bool:

@@ -38,6 +38,8 @@ healthy), or None for all healthy. Outlier detection's ejections are the usual s
 
 @dataclass(frozen=True, slots=True)
 class LocalityShare:
+    """One locality at one priority."""
+
     locality: str
     hosts: int
     healthy: int
@@ -64,6 +66,8 @@ class PriorityView:
 
 @dataclass(frozen=True, slots=True)
 class Loads:
+    """Where requests go under one health view."""
+
     priorities: tuple[int, ...]
     """Percent of requests per priority, summing to 100 (empty without hosts)."""
     localities: dict[str, float]
@@ -92,6 +96,7 @@ class LocalityLb:
         hs = tuple(h if isinstance(h, Host) else Host.of(h) for h in hosts)
         mode, levels = compile_levels(setting, parse_locality(client_locality), hs, outlier_enabled, client_labels or {})
         rng = rng if rng is not None else random.Random()
+        make_balancer(lb, (), rng)  # a setting no balancer can serve (PASSTHROUGH) fails here, not at a pick
         return cls(mode, levels, lb=lb, rng=rng, panic_threshold=panic_threshold, active=active)
 
     def pick(self, context: PickContext = NO_CONTEXT, healthy: HealthView = None) -> Host | None:

@@ -193,20 +193,24 @@ class _Reader:
         return self.end - self.pos
 
     def uint(self, size: int, what: str) -> int:
-        if size > self.left:
-            raise MalformedHello(f"truncated {what}: {size} bytes needed, {self.left} left")
-        self.pos += size
-        return int.from_bytes(self.data[self.pos - size:self.pos], "big")
+        pos, stop = self.pos, self.pos + size
+        if stop > self.end:
+            raise MalformedHello(f"truncated {what}: {size} bytes needed, {self.end - pos} left")
+        self.pos = stop
+        return int.from_bytes(self.data[pos:stop], "big")
 
     def vector(self, size: int, what: str, low: int = 0, high: int | None = None) -> _Reader:
         """An opaque ``<low..high>`` vector with a ``size``-byte length prefix."""
-        n = self.uint(size, f"{what} length")
-        if n > self.left:
-            raise MalformedHello(f"{what} length {n} runs past its container ({self.left} bytes left)")
+        pos, start = self.pos, self.pos + size
+        if start > self.end:
+            raise MalformedHello(f"truncated {what} length: {size} bytes needed, {self.end - pos} left")
+        n = int.from_bytes(self.data[pos:start], "big")
+        if start + n > self.end:
+            raise MalformedHello(f"{what} length {n} runs past its container ({self.end - start} bytes left)")
         if n < low or (high is not None and n > high):
             raise MalformedHello(f"{what} length {n} outside {low}..{high if high is not None else 2 ** (8 * size) - 1}")
-        self.pos += n
-        return _Reader(self.data, self.pos - n, self.pos)
+        self.pos = start + n
+        return _Reader(self.data, start, start + n)
 
     def rest(self) -> bytes:
         return self.data[self.pos:self.end]
@@ -229,7 +233,7 @@ def _parse_body(body: bytes, record_bytes: int) -> ClientHelloInfo:
         if r.left:
             raise MalformedHello(f"{r.left} bytes after the extensions")
         seen: set[int] = set()
-        while exts.left:
+        while exts.pos < exts.end:
             kind = exts.uint(2, "extension type")
             ext = exts.vector(2, f"extension {kind}")
             if kind in seen:  # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type"

@@ -27,6 +27,7 @@ import select
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -224,7 +225,7 @@ class UpstreamPool:
                 c.close()
         self._idle.clear()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The reaper: expires idle connections until cancelled, then closes every idle one."""
         task_status.started()
         try:

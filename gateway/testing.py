@@ -5,7 +5,9 @@ headers, body length and SHA-256) - bodies are streamed and hashed, never kept, 
 1 GiB upload costs the app nothing. Two paths do more: ``/bytes/<n>`` streams ``n``
 bytes back, ``/delay/<ms>`` answers after a pause. ``sidecar_configs`` writes a client
 sidecar and a server sidecar config for one service behind one app, with certificates
-from a ``trustdomain.testing.MeshPki``, as YAML documents that ``fedctl proxy`` reads.
+from a ``trustdomain.testing.MeshPki``, as YAML documents that ``fedctl proxy`` reads;
+``start_pair`` runs the app and both sidecars in a nursery on a fresh 127.a.b block, and
+``curl`` runs the real curl with a bound on its time.
 """
 
 from __future__ import annotations

@@ -58,11 +58,16 @@ def test_machine_busy_counts_everything_but_idle_and_iowait() -> None:
     assert _procstat.parse_proc_stat_busy(text) == (300 + 10 + 40 + 5, 300 + 10 + 40 + 1000 + 50 + 5)
 
 
+def test_schedstat_gives_time_on_cpu_and_time_waiting_for_one() -> None:
+    assert _procstat.parse_schedstat("1849391838 3114912 41\n") == (1849391838, 3114912)
+
+
 def test_the_readers_work_on_this_process() -> None:
     import os
 
     assert _procstat.cpu_seconds(os.getpid()) > 0
     assert 1 < _procstat.rss_mb(os.getpid()) < 4096
+    assert _procstat.runqueue_wait_seconds(os.getpid()) >= 0
 
 
 def test_processes_are_stopped_by_pid_even_when_the_block_fails(tmp_path: Path) -> None:
@@ -291,7 +296,7 @@ def test_targets_of_scenarios_not_run_are_not_measured() -> None:
 def test_table_shows_ratios_and_verdicts() -> None:
     details = {n: {"latency_phase": {"rps": 999.0, "non_2xx": 0, "connection_errors": 1, "unfinished": 0},
                    "saturation_phase": {"non_2xx": 0, "socket_errors": 2}} for n in SCENARIOS}
-    details["sidecar"] = {"error": "RuntimeError: fedctl exited"}
+    details["sidecar"] = {"error": "RuntimeError: fedctl exited\n  sidecar stderr: Traceback"}
     text = _report.render({"scenarios": SCENARIOS, "details": details, "targets": _report.targets(SCENARIOS),
                            "settings": {"rate": 1000}, "machine": {"cores": 2, "busy_before_run": 0.05}})
     lines = text.splitlines()
@@ -305,4 +310,5 @@ def test_table_shows_ratios_and_verdicts() -> None:
     row = next(line for line in lines if line.startswith("errors"))
     assert row.split()[-10:] == ["1", "/", "2", "1", "/", "2", "FAILED", "1", "/", "2"]
     assert "  sidecar_pair saturation / haproxy_pair's" in text and "NOT MET" in text
-    assert "sidecar FAILED: RuntimeError: fedctl exited" in lines
+    assert "sidecar FAILED: RuntimeError: fedctl exited (its log tail is above and in the JSON)" in lines
+    assert "Traceback" not in text

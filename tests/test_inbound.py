@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -183,3 +184,44 @@ async def test_tls_client_hello_arriving_in_pieces_is_reassembled(nursery: trio.
         while chunk := await tls.receive_some(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 200 OK") and pair.app.seen[0].target == "/direct"
+
+
+async def test_http2_app_port_serves_http1_callers_as_http(nursery: trio.Nursery, pki: MeshPki,
+                                                           tmp_path: Path) -> None:
+    pair = await start_pair(nursery, pki, tmp_path, app_protocol="http2", service_protocol="http2")
+    code, out, err = await curl("-x", pair.proxy_url, pair.url("/h1-to-h2-port"))
+    assert code == 0, err
+    seen = json.loads(out)
+    assert "URI=spiffe://east.example/ns/demo/sa/client" in seen["headers"]["x-forwarded-client-cert"]
+
+
+async def raw_echo(host: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(0, host=host)
+    task_status.started(listeners[0].socket.getsockname()[:2])
+
+    async def handle(stream: trio.SocketStream) -> None:
+        while data := await stream.receive_some(4096):
+            await stream.send_all(data)
+
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_http2_preface_through_connect_is_spliced_to_the_app(nursery: trio.Nursery, pki: MeshPki,
+                                                                    tmp_path: Path) -> None:
+    pair = await start_pair(nursery, pki, tmp_path, app_serve=raw_echo, app_protocol="grpc",
+                            service_protocol="grpc")
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"frames..."
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream(pair.addrs.client, 15001)
+        async with stream:
+            await stream.send_all(b"CONNECT echo.demo.svc.cluster.local:8080 HTTP/1.1\r\n"
+                                  b"Host: echo.demo.svc.cluster.local:8080\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(4096)
+            assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+            await stream.send_all(preface)
+            echoed = data.partition(b"\r\n\r\n")[2]
+            while len(echoed) < len(preface):
+                echoed += await stream.receive_some(4096)
+    assert echoed == preface
