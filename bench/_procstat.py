@@ -102,6 +102,38 @@ def machine_busy_fraction(seconds: float = 1.0) -> float:
     return window.stop().fraction
 
 
+def parse_autogroup_nice(text: str) -> int:
+    """The nice value from ``/proc/<pid>/autogroup`` (``/autogroup-18 nice 0``)."""
+    return int(text.split()[-1])
+
+
+def set_priority(nice: int) -> int | None:
+    """Give this process, its children to come and its autogroup the niceness ``nice``.
+
+    With ``kernel.sched_autogroup_enabled`` (Debian's default) the scheduler first shares
+    the CPUs fairly between sessions and applies niceness only inside one, so niceness
+    alone does not keep a run ahead of other sessions' work; the autogroup's own nice
+    value does (sched(7)). Returns the autogroup's previous value for ``restore_autogroup``,
+    or None when there is no autogroup.
+    """
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    path = Path("/proc/self/autogroup")
+    try:
+        previous = parse_autogroup_nice(path.read_text())
+        path.write_text(str(nice))
+    except OSError:
+        return None
+    return previous
+
+
+def restore_autogroup(previous: int | None) -> None:
+    if previous is not None:
+        try:
+            Path("/proc/self/autogroup").write_text(str(previous))
+        except OSError:
+            pass
+
+
 @dataclass
 class CpuWindow:
     """CPU seconds of a set of processes between ``start()`` and ``stop()``, the wall time, and how

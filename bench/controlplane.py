@@ -110,6 +110,12 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process: what a round cost it, whatever else shares the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
@@ -159,26 +165,36 @@ async def run_proxies(args: argparse.Namespace, root: Path, ready: dict, secret:
         size = len(clients[0].document or "")
         latencies: list[float] = []
         all_acked: list[float] = []
+        cpu: dict[str, list[float]] = {"vs": [], "se": []}
+        proxies_cpu: list[float] = []
         for r in range(1, args.rounds + 1):
             await trio.sleep(args.pause)
             before = [c.version for c in clients]
+            cpu0, own0 = cpu_seconds(ready["pid"]), time.process_time()
             changed = time.time()
             (write_vs if r % 2 else write_se)(root, r)
             with trio.fail_after(60):
                 for c, v in zip(clients, before):
                     await c.wait_until(lambda c=c, v=v: c.version != v)
+            kind = "vs" if r % 2 else "se"
+            cpu[kind].append(cpu_seconds(ready["pid"]) - cpu0)
+            proxies_cpu.append(time.process_time() - own0)
             round_lat = [applied[i] - changed for i in range(len(clients))]
             latencies += round_lat
             all_acked.append(max(round_lat))
             print(f"  round {r} ({'VirtualService' if r % 2 else 'ServiceEntry endpoints'}): "
-                  f"all {len(clients)} ACKed after {max(round_lat) * 1000:.0f} ms", flush=True)
+                  f"first ACK after {min(round_lat) * 1000:.0f} ms, all {len(clients)} after "
+                  f"{max(round_lat) * 1000:.0f} ms", flush=True)
         nursery.cancel_scope.cancel()
     latencies.sort()
     return {"proxies": len(clients), "document_bytes": size, "certificates_s": round(t_certs, 2),
             "initial_sync_s": round(t_sync, 2), "rounds": args.rounds,
             "push_p50_ms": round(statistics.median(latencies) * 1000, 1),
             "push_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1),
-            "all_acked_max_ms": round(max(all_acked) * 1000, 1)}
+            "all_acked_max_ms": round(max(all_acked) * 1000, 1),
+            "cp_cpu_ms_per_round": {k: round(statistics.median(v) * 1000) for k, v in cpu.items() if v},
+            "proxies_cpu_ms_per_round": round(statistics.median(proxies_cpu) * 1000),
+            "load_average": os.getloadavg()[0]}
 
 
 def read_certificates_from(pem: str) -> list:

@@ -29,7 +29,8 @@ proxy, so those are null. ``--json`` writes ``scenarios`` (exactly these seven f
 A shared machine makes tails noisy: the table shows, for each latency phase, the cores
 that other work used and how long the proxies waited for a CPU (``/proc/<pid>/task/*/
 schedstat``); when those are high the tail is the scheduler's, not the proxy's.
-``--nice -5`` gives the run and everything it starts priority over such work.
+``--nice -10`` gives the run and everything it starts priority over such work (its
+autogroup too: with autogroups, plain niceness does not reach across sessions).
 
     python3 bench/dataplane.py [--quick] [--json FILE] [--scenarios direct,haproxy_pair,...]
 """
@@ -51,7 +52,9 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _load import OpenLoopClient, fetch_once, percentile, poisson_offsets  # noqa: E402
-from _procstat import CpuWindow, MachineWindow, Processes, machine_busy_fraction, rss_mb  # noqa: E402
+from _procstat import (  # noqa: E402
+    CpuWindow, MachineWindow, Processes, machine_busy_fraction, restore_autogroup, rss_mb, set_priority,
+)
 from _report import FIELDS, render, targets  # noqa: E402
 from _servers import (  # noqa: E402
     BODY, SERVICE, Layout, Target, direct_target, start_app, start_haproxy_pair, start_sidecar,
@@ -97,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=_block, help="loopback block 127.a.b to use (default: random 127.60-99.x)")
     p.add_argument("--workdir", metavar="DIR", help="keep configs, certificates and server logs here")
     p.add_argument("--nice", type=int, default=0,
-                   help="niceness for this run and every process it starts (inherited), e.g. -5 on a machine "
-                        "shared with other work (default 0: unchanged; negative needs root)")
+                   help="niceness for this run, every process it starts and its scheduler autogroup, e.g. -10 "
+                        "on a machine shared with other work (default 0: unchanged; negative needs root)")
     return p
 
 
@@ -239,9 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = plan_from_args(args)
     signal.signal(signal.SIGTERM, _terminate)
-    if args.nice:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # nginx, HAProxy, fedctl and wrk inherit it
+    autogroup = set_priority(args.nice) if args.nice else None  # nginx, HAProxy, fedctl and wrk inherit it
+    try:
+        return _main(args, plan)
+    finally:
+        restore_autogroup(autogroup)
 
+
+def _main(args: argparse.Namespace, plan: Plan) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -32,10 +33,12 @@ def register(sub: Any) -> None:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--detach", "-d", action="store_true", help="run in the background; return once ready")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="with --detach: give up (and stop) when not ready after this long (default 120)")
+                   help="when not ready after this long: with --detach give up and stop what was started, "
+                        "in the foreground say what is not ready (default 120)")
     p.add_argument("--wiring", choices=("files", "discovery"), default=None,
-                   help="how sidecars get config and certificates: files written by the control plane, or "
-                        "the discovery and CA service on :15012 (default: discovery)")
+                   help="how sidecars get config and certificates: over the control plane's discovery and CA "
+                        "service on :15012 (default), or as files (the control plane writes each proxy's config "
+                        "document, fedctl up issues the certificates); $MESHFED_WIRING sets the default")
     p.set_defaults(func=run_up)
 
     p = sub.add_parser("down", help="stop a mesh started with 'fedctl up --detach'")
@@ -89,7 +92,9 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def default_wiring() -> str:
-    return "files"
+    """Discovery (config pushed over :15012, certificates by CSR); MESHFED_WIRING=files writes
+    config documents and certificates to files instead."""
+    return os.environ.get("MESHFED_WIRING") or "discovery"
 
 
 # -- down --------------------------------------------------------------------------------------
@@ -181,6 +186,20 @@ def find_workload(state: MeshState, text: str) -> tuple[str, str, str]:
     return (cluster, found[0].namespace, name)
 
 
+def proxies_in_sync(mesh_dir: Path, state: MeshState, cluster: str) -> bool:
+    """Whether every proxy of ``cluster`` runs the document its control plane serves now: over
+    discovery, each ACKed exactly that document (the control plane compares digests); with
+    config files the sidecars re-read theirs within a second, which the caller's polling covers."""
+    if state.wiring != "discovery":
+        return True
+    from ._launch import Layout
+    try:
+        synced = json.loads(Layout(mesh_dir).cp_status(cluster).read_text()).get("inSync") or {}
+    except (OSError, ValueError):
+        return False
+    return all(synced.get(f"{i.namespace}/{i.instance}") for i in state.instances if i.cluster == cluster)
+
+
 def run_scale(args: argparse.Namespace) -> int:
     from ._scale import read_overrides, write_overrides
     if args.replicas < 0:
@@ -197,7 +216,8 @@ def run_scale(args: argparse.Namespace) -> int:
         state = _running_state(mesh_dir)
         insts = [i for i in state.instances if (i.cluster, i.namespace, i.workload) == key]
         wanted = next((w.replicas for w in state.workloads if (w.cluster, w.namespace, w.name) == key), None)
-        if wanted == args.replicas and len(insts) == args.replicas and all(i.ready for i in insts):
+        if (wanted == args.replicas and len(insts) == args.replicas and all(i.ready for i in insts)
+                and proxies_in_sync(mesh_dir, state, key[0])):
             break
         if time.monotonic() > deadline:
             waiting = [i.instance for i in insts if not i.ready]

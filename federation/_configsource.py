@@ -1,40 +1,32 @@
 """The config source: a watched directory of mesh YAML, compiled into immutable versions.
 
 Theory of operation. ``poll()`` walks the directory (the embedded default store: no
-etcd, no Kubernetes API), stats every YAML file and compares (mtime, size) with what it
-saw last (files modified in the last two seconds are re-hashed regardless, see
-``RACY_NS``). Nothing changed: nothing to do. Otherwise the changed files are read, and
-a file whose bytes hash as before is taken from the per-file cache, so one edited file
-in a tree of a thousand costs one file's decode; content already accepted or refused
-is not evaluated again. The whole set is then validated the way
-``fedctl validate`` does (decode errors, ``topology._analyze.analyze``) and compiled
-(placements and the service registry). Any error refuses the change: the previous
-``ConfigVersion`` stays in force and the refusal (its ``file:line: path: message``
-lines and when) is kept for ``fedctl status``. A fixed file, or the bad one removed,
-yields the next version.
+etcd, no Kubernetes API) and reloads only the files that changed (``_configfiles``).
+The whole set is then validated as ``fedctl validate`` does and compiled (placements,
+service registry). Any error refuses the change: the previous ``ConfigVersion`` stays
+in force and the refusal (its ``file:line: path: message`` lines and when) is kept for
+``fedctl status``. A fixed file, or the bad one removed, yields the next version.
 
 Compiling is what a 10,000-endpoint topology pays for, so the registry and placements
-are rebuilt only when a resource they depend on changed (Mesh, Kubernetes Services and
-workloads, ServiceEntry, WorkloadEntry): an edited VirtualService reuses them. And
-``analyze`` (which builds a registry of its own) runs after the version is accepted,
-off the push path (after a quiet second): its findings are warnings, and its one error ("cannot place the
-workloads") is raised by our own registry build first, so deferring it never turns a
-refusal into an acceptance. Its warnings appear in ``status()`` once computed.
+are rebuilt only when a resource they read changed: an edited VirtualService reuses
+them. ``analyze`` (which builds a registry of its own) runs after a quiet second, off
+the push path: its findings are warnings, and its one error ("cannot place the
+workloads") our own registry build raises first, so deferring it never turns a refusal
+into an acceptance. Its warnings appear in ``status()`` once computed.
 
-A ``ConfigVersion`` is immutable and numbered 1, 2, 3... in the order accepted; a
-change whose content equals the version in force (a file touched or rewritten with the
-same bytes) makes no new version. ``changed_at`` is when the change was made, as far
-as the source can tell: the earliest modification time among the changed files, but
-never before the previous poll that saw the tree unchanged (a file copied with its old
-mtime is "changed" when it appeared). Push latency is measured from it.
+Versions are numbered 1, 2, 3... in the order accepted; content equal to what was last
+accepted or refused is not evaluated again. ``changed_at`` is when the change was made
+as far as the source can tell: the earliest mtime among the changed files, but never
+before the last poll that saw the tree unchanged (a file copied with an old mtime
+"changed" when it appeared). Push latency is measured from it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,24 +37,22 @@ import trio
 from topology import Diagnostic, LoadResult, Placement, RegistryError, Resource, ServiceRegistry
 from topology import build_registry, placements
 from topology._analyze import analyze
-from topology._loader import _load_document, iter_yaml_files
 from topology._mesh import Mesh
 from topology._registry_build import find_mesh
-from topology._yaml import load_documents
+
+from ._configfiles import RACY_NS, FileState, load_file_state, stat_tree
 
 log = logging.getLogger("meshfed.federation.config")
 
 DEFAULT_POLL_INTERVAL = 0.1
 """Seconds between two walks of the directory."""
-RACY_NS = 2_000_000_000
-"""A file modified this recently is re-hashed at every poll even if (mtime, size) did not move:
-a rewrite of the same size within one filesystem timestamp tick would look unchanged (git's
-"racily clean" entries)."""
 ANALYZE_DELAY = 1.0
 """Quiet seconds after a new version before ``analyze`` runs on it."""
 MAX_REFUSALS_KEPT = 16
 REGISTRY_KINDS = frozenset({"Mesh", "Service", "Deployment", "StatefulSet", "ServiceEntry", "WorkloadEntry"})
-"""Kinds ``build_registry`` and ``placements`` read: a change elsewhere reuses the registry."""
+"""Kinds ``build_registry`` reads: a change elsewhere reuses the registry."""
+PLACEMENT_KINDS = frozenset({"Mesh", "Service", "Deployment", "StatefulSet"})
+"""Kinds ``placements`` reads (Service only to refuse an ambiguous kube cluster)."""
 
 Check = Callable[[LoadResult, Mesh | None], list[Diagnostic]]
 """An extra validation a caller adds (the control plane checks its own cluster is there)."""
@@ -70,16 +60,6 @@ Check = Callable[[LoadResult, Mesh | None], list[Diagnostic]]
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-@dataclass(frozen=True, slots=True)
-class _FileState:
-    mtime_ns: int
-    size: int
-    digest: str
-    result: LoadResult
-    raw: dict[int, Any]
-    """Document or List item line -> its raw mapping, for the proxies' inline resources."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +121,7 @@ class ConfigSource:
         self.refusals: list[ConfigRefusal] = []
         self.refused_total = 0
         self._next = first_version
-        self._files: dict[str, _FileState] = {}
+        self._files: dict[str, FileState] = {}
         self._stamps: dict[str, tuple[int, int]] | None = None
         self._evaluated: dict[str, str] | None = None
         """Path -> digest of the content last accepted or refused: it is not evaluated twice."""
@@ -149,7 +129,9 @@ class ConfigSource:
         self._listeners: list[Callable[[ConfigVersion], None]] = []
         self._refusal_listeners: list[Callable[[ConfigRefusal], None]] = []
         self._registry_cache: tuple[tuple[Resource, ...], Any] | None = None
+        self._placements_cache: tuple[tuple[Resource, ...], Any] | None = None
         self._pending_analysis: tuple[ConfigVersion, LoadResult] | None = None
+        self._analysis_lock = threading.Lock()
         self.warnings: tuple[int, tuple[str, ...]] = (0, ())
         """(version number, analyze's warnings for it)."""
 
@@ -165,20 +147,10 @@ class ConfigSource:
 
     # -- polling ---------------------------------------------------------------------
 
-    def _stat(self) -> dict[str, tuple[int, int]]:
-        stamps = {}
-        for path in iter_yaml_files(self.directory) if self.directory.is_dir() else ():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue  # removed between the walk and the stat: the next poll sees it gone
-            stamps[path] = (st.st_mtime_ns, st.st_size)
-        return stamps
-
     def poll(self) -> ConfigVersion | ConfigRefusal | None:
         """Look once; the new version, the refusal, or None when nothing changed."""
         now = self.clock()
-        stamps = self._stat()
+        stamps = stat_tree(self.directory)
         fs_now = time.time_ns()  # the files' clock, whatever ``clock`` says
         racy = {p for p, (mtime, _) in stamps.items() if fs_now - mtime < RACY_NS}
         if stamps == self._stamps and not racy:
@@ -186,7 +158,7 @@ class ConfigSource:
             return None
         self._stamps = stamps
         for path in stamps:
-            self._files[path] = self._load(path, stamps[path], self._files.get(path), path in racy)
+            self._files[path] = load_file_state(path, stamps[path], self._files.get(path), path in racy)
         for path in list(self._files):
             if path not in stamps:
                 del self._files[path]
@@ -208,20 +180,6 @@ class ConfigSource:
             return None
         return self._compile(digests, changed, now, changed_at)
 
-    def _load(self, path: str, stamp: tuple[int, int], old: _FileState | None, racy: bool) -> _FileState:
-        if old is not None and (old.mtime_ns, old.size) == stamp and not racy:
-            return old
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return _FileState(*stamp, f"unreadable:{exc}", LoadResult(
-                diagnostics=[Diagnostic(path, 0, "", f"cannot read file: {exc}")], files=[path]), {})
-        digest = hashlib.sha256(data).hexdigest()
-        if old is not None and old.digest == digest:
-            return old if (old.mtime_ns, old.size) == stamp else _FileState(*stamp, digest, old.result, old.raw)
-        result, raw = load_file_bytes(path, data)
-        return _FileState(*stamp, digest, result, raw)
-
     def _compile(self, digests: dict[str, str], changed: list[str], now: dt.datetime,
                  changed_at: dt.datetime) -> ConfigVersion | ConfigRefusal:
         result = LoadResult()
@@ -232,7 +190,7 @@ class ConfigSource:
             raw.update(((path, line), data) for line, data in state.raw.items())
         errors = [d for d in result.diagnostics if d.is_error]
         if not errors:
-            mesh = find_mesh_or_none(result)
+            mesh = next((r.spec for r in result.of_kind("Mesh")), None)
             errors = [d for check in self.checks for d in check(result, mesh) if d.is_error]
         compiled = None
         if not errors:
@@ -250,20 +208,24 @@ class ConfigSource:
         self._next += 1
         self.current = version
         self.refusal = None
-        self._pending_analysis = (version, result)
+        with self._analysis_lock:
+            self._pending_analysis = (version, result)
         log.info("config version %d accepted (%d files changed)", version.number, len(changed))
         return version
 
     def _registry(self, result: LoadResult) -> tuple[Mesh | None, ServiceRegistry, tuple[Placement, ...]]:
-        inputs = tuple(r for r in result.resources if r.kind in REGISTRY_KINDS)
-        cached = self._registry_cache
-        if cached is not None and len(cached[0]) == len(inputs) and all(a is b for a, b in zip(cached[0], inputs)):
-            return cached[1]
+        def same(cached: tuple[tuple[Resource, ...], Any] | None, inputs: tuple[Resource, ...]) -> bool:
+            return cached is not None and len(cached[0]) == len(inputs) and all(
+                a is b for a, b in zip(cached[0], inputs))  # unchanged files keep their Resource objects
         mesh = find_mesh(result)
-        compiled = (mesh, build_registry(result, mesh, kube_cluster=self.kube_cluster),
-                    placements(result, mesh, kube_cluster=self.kube_cluster))
-        self._registry_cache = (inputs, compiled)
-        return compiled
+        inputs = tuple(r for r in result.resources if r.kind in PLACEMENT_KINDS)
+        if not same(self._placements_cache, inputs):
+            self._placements_cache = (inputs, placements(result, mesh, kube_cluster=self.kube_cluster))
+        inputs = tuple(r for r in result.resources if r.kind in REGISTRY_KINDS)
+        if not same(self._registry_cache, inputs):
+            self._registry_cache = (inputs, build_registry(result, mesh, kube_cluster=self.kube_cluster))
+        assert self._placements_cache is not None and self._registry_cache is not None
+        return mesh, self._registry_cache[1], self._placements_cache[1]
 
     def _refuse(self, messages: tuple[str, ...], changed: list[str], now: dt.datetime) -> ConfigRefusal:
         refusal = ConfigRefusal(now, messages, tuple(changed))
@@ -276,7 +238,8 @@ class ConfigSource:
 
     def analyze_pending(self) -> None:
         """Run ``analyze`` on the version accepted last (see the module docstring)."""
-        pending, self._pending_analysis = self._pending_analysis, None
+        with self._analysis_lock:  # poll (another thread) may set a newer one meanwhile
+            pending, self._pending_analysis = self._pending_analysis, None
         if pending is not None:
             version, result = pending
             self.warnings = (version.number, tuple(str(d) for d in analyze(result) if not d.is_error))
@@ -286,17 +249,28 @@ class ConfigSource:
 
         Listeners are called here, in trio's thread, even when the poll ran in a worker.
         ``analyze`` waits for ``analyze_delay`` seconds without a change, so that its CPU
-        (it builds a registry of its own) does not compete with the pushes of a version."""
+        (it builds a registry of its own) does not compete with the pushes of a version,
+        and runs beside the polls, never delaying the next change."""
         accepted_at = trio.current_time()
-        await self._step()
-        task_status.started()
-        while True:
-            await trio.sleep(self.interval)
-            outcome = await self._step()
-            if isinstance(outcome, ConfigVersion):
-                accepted_at = trio.current_time()
-            elif self._pending_analysis is not None and trio.current_time() - accepted_at >= self.analyze_delay:
+        analyzing = False
+
+        async def analyze_task() -> None:
+            nonlocal analyzing
+            try:
                 await self._run(self.analyze_pending)
+            finally:
+                analyzing = False
+        async with trio.open_nursery() as nursery:
+            await self._step()
+            task_status.started()
+            while True:
+                await trio.sleep(self.interval)
+                if isinstance(await self._step(), ConfigVersion):
+                    accepted_at = trio.current_time()
+                elif (self._pending_analysis is not None and not analyzing
+                      and trio.current_time() - accepted_at >= self.analyze_delay):
+                    analyzing = True
+                    nursery.start_soon(analyze_task)
 
     async def _step(self) -> ConfigVersion | ConfigRefusal | None:
         outcome = await self._run(self.poll)
@@ -311,11 +285,11 @@ class ConfigSource:
     def notify(self, outcome: ConfigVersion | ConfigRefusal | None) -> None:
         """Hand a poll's outcome to the listeners."""
         if isinstance(outcome, ConfigVersion):
-            for fn in self._listeners:
-                fn(outcome)
+            for on_version in self._listeners:
+                on_version(outcome)
         elif isinstance(outcome, ConfigRefusal):
-            for fn in self._refusal_listeners:
-                fn(outcome)
+            for on_refusal in self._refusal_listeners:
+                on_refusal(outcome)
 
     def status(self) -> dict[str, Any]:
         cur = self.current
@@ -326,30 +300,3 @@ class ConfigSource:
                 "refusedTotal": self.refused_total,
                 "lastRefusal": self.refusal.to_json() if self.refusal else None}
 
-
-def find_mesh_or_none(result: LoadResult) -> Mesh | None:
-    meshes = result.of_kind("Mesh")
-    return meshes[0].spec if meshes else None
-
-
-def load_file_bytes(path: str, data: bytes) -> tuple[LoadResult, dict[int, Any]]:
-    """Load one file as ``topology.load_file`` does, keeping each document's raw mapping by line."""
-    result = LoadResult(files=[path])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        result.diagnostics.append(Diagnostic(path, 0, "", f"cannot read file: {exc}"))
-        return result, {}
-    docs, diags = load_documents(text, path)
-    result.diagnostics.extend(diags)
-    raw: dict[int, Any] = {}
-    for doc in docs:
-        data_ = doc.data
-        if isinstance(data_, dict) and data_.get("kind") == "List" and isinstance(data_.get("items"), list):
-            items = data_["items"]
-            for item, line in zip(items, getattr(items, "item_lines", [doc.line] * len(items))):
-                raw[line] = item
-        else:
-            raw[doc.line] = data_
-        _load_document(doc, result)
-    return result, raw

@@ -9,6 +9,7 @@ the text exposition, anything else 404; requests are read with a size and time b
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -40,7 +41,7 @@ class ControlPlaneMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        made = {}
+        made: dict[str, Any] = {}
         for name, kind, doc in METRICS:
             if kind is Histogram:
                 made[name] = Histogram(name, doc, registry=self.registry, buckets=LATENCY_BUCKETS)

@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 from pathlib import Path
@@ -32,12 +31,12 @@ import trio
 
 from topology import ServiceRegistry
 from trustdomain import BootstrapAuthority, Bundle, BundleSet, CaDirectory, ClusterSigner, TrustDomain
-from trustdomain._files import read_certificates, write_private
+from trustdomain._files import read_certificates
 
 from ._configsource import ConfigVersion
 from ._controlplane import ControlPlane
 from ._dns_server import DnsServer
-from ._launch import DNS_PORT, Layout, plans_of
+from ._launch import DNS_PORT, Layout, bootstrap_secret, plans_of
 from ._proxygen import TlsFiles, cluster_view
 from ._scale import Overrides, read_overrides, scale_path, scaled_version
 from ._state import write_atomic
@@ -45,20 +44,6 @@ from ._state import write_atomic
 log = logging.getLogger("meshfed.federation.cpprocess")
 STATUS_INTERVAL = 1.0
 SCALE_POLL = 0.25
-
-
-def bootstrap_secret(layout: Layout, cluster: str) -> bytes:
-    """The cluster's bootstrap-token secret, created (0600) on first use."""
-    path = layout.bootstrap_secret(cluster)
-    try:
-        data = path.read_bytes()
-        if len(data) >= 32:
-            return data
-    except FileNotFoundError:
-        pass
-    data = secrets.token_bytes(32)
-    write_private(path, data)
-    return data
 
 
 def trust_bundles(cadir: CaDirectory) -> BundleSet:
@@ -142,10 +127,25 @@ class ClusterProcess:
             "dns": f"{self.host}:{self.dns.port}", "ready": served is not None,
             "controlPlane": self.cp.status(),
             "dnsCounters": {"udp": dns.udp_queries, "tcp": dns.tcp_queries, "byRcode": dict(dns.by_rcode)},
+            "inSync": self.in_sync(),
             "plan": None if served is None else {
                 "version": served.number, "overrides": {"/".join(k): n for k, n in sorted(self.overrides.items())},
                 "instances": [p.to_json() for p in plans_of(served.placements, served.mesh, self.cluster)]},
         }
+
+    def in_sync(self) -> dict[str, bool]:
+        """``namespace/instance`` -> whether that proxy is connected and ACKed the document the
+        version served now gives it (exact: digests compared, not "the last push was ACKed")."""
+        gen, served = self.cp.discovery.generator, self.served
+        if gen is None or served is None:
+            return {}
+        out = {}
+        for p in served.placements:
+            if p.cluster == self.cluster:
+                state = self.cp.discovery.proxies.get((p.namespace, p.instance))
+                out[f"{p.namespace}/{p.instance}"] = bool(
+                    state is not None and state.connected and state.acked_digest == gen.document(p).digest)
+        return out
 
     def write_status(self) -> None:
         write_atomic(self.layout.cp_status(self.cluster), json.dumps(self.status(), default=str).encode())
@@ -169,6 +169,18 @@ class ClusterProcess:
             self.write_status()
             await trio.sleep(STATUS_INTERVAL)
 
+    def _proxy_states(self) -> tuple[tuple[object, ...], ...]:
+        return tuple((key, s.connected, s.acked_digest, s.nacks) for key, s in self.cp.discovery.proxies.items())
+
+    async def report_acks(self) -> None:
+        """Rewrite the status file soon after a proxy subscribes, ACKs or NACKs (``fedctl scale``
+        waits for its cluster's proxies to be in sync)."""
+        while True:
+            seen = self._proxy_states()
+            await self.cp.discovery.wait_until(lambda: self._proxy_states() != seen)
+            await trio.sleep(0.05)  # one write for a burst of ACKs
+            self.write_status()
+
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
@@ -177,6 +189,7 @@ class ClusterProcess:
                 self.publish()
                 nursery.start_soon(self.watch_overrides)
                 nursery.start_soon(self.report)
+                nursery.start_soon(self.report_acks)
                 log.info("control plane of %s ready on %s", self.cluster, self.host)
                 async for signum in signals:
                     log.info("stopping on %s", signal.Signals(signum).name)

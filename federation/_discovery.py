@@ -16,9 +16,12 @@ one path that does without).
    from what the proxy holds: at once when the digest the proxy reported differs (so a
    proxy that reconnects with the latest config gets nothing), then after each config
    version that changes this proxy's document. A frame is ``u32`` header length,
-   header JSON ``{"version", "nonce", "digest", "size"}``, then ``size`` bytes of the
-   ProxyConfig document. Versions that leave a proxy's document as it was send nothing
-   to that proxy.
+   header JSON ``{"version", "nonce", "digest", "size", "parts"}``, then ``size`` bytes:
+   the parts of the ProxyConfig document the proxy does not hold from the previous frame
+   on this connection (``parts`` lists every part as ``[id, length, fresh]``; the
+   document is their concatenation). So an edited VirtualService reaches a proxy as a
+   few kilobytes, not its whole 2 MB document. Versions that leave a proxy's document as
+   it was send nothing to that proxy.
 3. The proxy applies the document and sends ``POST /v1/ack`` on the same connection:
    ``{"version", "nonce", "ok", "errors"}``; ``ok: false`` is a NACK and ``errors``
    its reasons. The server records per proxy: connected, last pushed, last ACKed, last

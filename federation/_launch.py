@@ -17,6 +17,7 @@ Layout of ``DIR/.meshfed``::
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Mapping
 
 from topology import Placement
 from topology._mesh import Mesh, Workload
+from trustdomain._files import write_private
 
 from ._state import state_dir
 from ._supervisor import ProcessSpec
@@ -141,6 +143,20 @@ class Layout:
         return self.proxy_dir(plan) / "config.json"
 
 
+def bootstrap_secret(layout: Layout, cluster: str) -> bytes:
+    """The cluster's bootstrap-token secret, created (0600) on first use."""
+    path = layout.bootstrap_secret(cluster)
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except FileNotFoundError:
+        pass
+    data = secrets.token_bytes(32)
+    write_private(path, data)
+    return data
+
+
 def base_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment children inherit: the caller's, without proxy settings that would send
     an app around its sidecar."""
@@ -181,16 +197,15 @@ def app_spec(plan: InstancePlan, layout: Layout, base: Mapping[str, str]) -> Pro
 
 def sidecar_spec(plan: InstancePlan, layout: Layout, base: Mapping[str, str], wiring: str,
                  control_plane: str) -> ProcessSpec:
-    argv = [sys.executable, "-m", "federation", "proxy"]
     if wiring == "discovery":
         folder = layout.proxy_dir(plan)
-        argv += ["--discovery", f"{control_plane}:{DISCOVERY_PORT}", "--token-file", str(folder / "token"),
-                 "--bundle", str(layout.ca / "root-cert.pem"), "--cluster", plan.cluster,
-                 "--namespace", plan.namespace, "--workload", plan.workload, "--instance", plan.instance,
-                 "--service-account", plan.service_account, "--trust-domain", plan.trust_domain,
-                 "--state-dir", str(folder)]
+        argv = [sys.executable, "-m", "federation._sidecar", "--discovery", f"{control_plane}:{DISCOVERY_PORT}",
+                "--token-file", str(folder / "token"), "--bundle", str(layout.ca / "root-cert.pem"),
+                "--cluster", plan.cluster, "--namespace", plan.namespace, "--workload", plan.workload,
+                "--instance", plan.instance, "--service-account", plan.service_account,
+                "--trust-domain", plan.trust_domain, "--state-dir", str(folder)]
     else:
-        argv += ["--config", str(layout.proxy_config(plan))]
+        argv = [sys.executable, "-m", "federation", "proxy", "--config", str(layout.proxy_config(plan))]
     return ProcessSpec(f"{plan.cluster}/{plan.name}/sidecar", tuple(argv),
                        layout.log(plan.cluster, f"{plan.name}.sidecar"), dict(base), str(layout.mesh_dir))
 

@@ -75,6 +75,10 @@ class Progress:
             self.table_shown = True
             self.write(listen_table(state))
             self.write("Ctrl-C stops everything.")
+        elif not state.ready and not self.table_shown and self.clock() - self.started > self.timeout \
+                and ("late",) not in self.announced:
+            self.announced.add(("late",))
+            self._say(f"not ready after {self.timeout:g} s (still trying):\n{not_ready_report(state)}")
 
     def detached(self, state: MeshState) -> None:
         self.lines(state)

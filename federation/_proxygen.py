@@ -3,8 +3,8 @@
 Pure: a ``ConfigVersion`` and a ``Placement`` in, the JSON text the proxy decodes with
 ``gateway._config.load_proxy_config_text`` out (JSON is YAML).
 
-Theory of operation. Of a document, only the head (node, listeners, app ports, TLS
-files: a few hundred bytes) is the proxy's own. The rest - every service it sees with
+Theory of operation. Only a document's head (node, listeners, app ports, TLS files: a
+few hundred bytes) is the proxy's own. The rest - every service it sees with
 its endpoints, and the Istio resources that apply to it - is the same for every proxy
 of one network whose namespace sees the same services, and the same for every proxy of
 one namespace, respectively. ``ProxyGenerator`` encodes those shared parts once per
@@ -24,15 +24,13 @@ proxy a few kilobytes, and a changed service its bucket - not the whole document
 A document's ``digest`` covers everything but the version, so a proxy whose document
 did not change between versions can be left alone (no push).
 
-Visibility, as Istio without Sidecar resources: every service of the registry view,
-except ServiceEntry hosts whose ``exportTo`` excludes the proxy's namespace;
-VirtualServices, DestinationRules and ServiceEntries by ``exportTo`` (empty means
-``*``; ``.`` means the resource's own namespace; a DestinationRule with a
-workloadSelector only in its own namespace); PeerAuthentications and
-AuthorizationPolicies of the proxy's namespace and of the root namespace (the proxy
-matches their selectors itself). An endpoint on another network than the proxy's
-carries ``gateway``: its cluster's east-west gateway (the block's ``.2`` unless the
-Mesh says otherwise) on :15443.
+Visibility, as Istio without Sidecar resources: every service of the registry view but
+ServiceEntry hosts whose ``exportTo`` excludes the proxy's namespace; VirtualServices,
+DestinationRules and ServiceEntries by ``exportTo`` (empty is ``*``, ``.`` the
+resource's namespace; a DestinationRule with a workloadSelector only in its own);
+PeerAuthentications and AuthorizationPolicies of the proxy's namespace and the root
+namespace (the proxy matches their selectors). An endpoint on another network carries
+``gateway``: its cluster's east-west gateway (the block's ``.2`` by default) on :15443.
 """
 
 from __future__ import annotations
@@ -136,6 +134,7 @@ class ProxyGenerator:
         self.registry = registry if registry is not None else version.registry
         self.tls = tls
         self.root_namespace = root_namespace
+        self._by_key: dict[tuple[str, str, str], Placement]
         if previous is not None and previous.version.placements is version.placements:
             self._by_key = previous._by_key  # the registry was reused: so were the placements
         else:
@@ -157,7 +156,7 @@ class ProxyGenerator:
         self._service_json: dict[tuple[Service, str], bytes] = {}
         self._prev_resource_json = prev._resource_json if prev is not None else {}
         if prev is not None and prev.registry is self.registry:  # only Istio resources changed
-            self._services = prev._services
+            self._services, self._service_json = prev._services, prev._service_json
         self._resource_json: dict[int, tuple[Resource, bytes]] = {}
 
     def __repr__(self) -> str:
@@ -219,24 +218,18 @@ class ProxyGenerator:
         return piece
 
     def _endpoint(self, e: Endpoint, network: str) -> dict[str, Any]:
+        """EndpointSpec fields, defaults left out (weight 1, healthy, empty strings)."""
         out: dict[str, Any] = {"address": e.address, "port": e.port,
-                               "proxyPort": INBOUND_PORT if e.instance else 0}
+                               "proxyPort": INBOUND_PORT if e.instance else 0}  # an instance has a sidecar
         if e.network and network and e.network != network:
             gateway = self._gateways.get(e.cluster) or self._network_gateways.get(e.network)
             if gateway:
                 out["gateway"] = gateway
-        if e.labels:
-            out["labels"] = dict(e.labels)
-        for key, value in (("locality", str(e.locality)), ("cluster", e.cluster), ("network", e.network),
-                           ("serviceAccount", e.service_account), ("instance", e.instance)):
-            if value:
-                out[key] = value
-        if e.weight != 1:
-            out["weight"] = e.weight
-        if not e.healthy:
-            out["healthy"] = False
-        if e.service_port:
-            out["servicePort"] = e.service_port
+        out.update((k, v) for k, v in (
+            ("labels", dict(e.labels)), ("locality", str(e.locality)), ("cluster", e.cluster),
+            ("network", e.network), ("serviceAccount", e.service_account), ("instance", e.instance),
+            ("weight", e.weight if e.weight != 1 else 0), ("healthy", False if not e.healthy else None),
+            ("servicePort", e.service_port)) if v or v is False)
         return out
 
     def applies(self, res: Resource, namespace: str) -> bool:

@@ -34,7 +34,9 @@ from typing import Any, Callable, Mapping
 
 import trio
 
-from trustdomain import BootstrapAuthority, BootstrapGrant, CaDirectory, SpiffeId, TrustDomain, issue_svid, write_svid
+from trustdomain import (
+    BootstrapAuthority, BootstrapGrant, CaDirectory, SpiffeId, TrustDomain, TrustDomainError, issue_svid, write_svid,
+)
 from trustdomain._files import write_private
 
 from ._launch import (
@@ -172,7 +174,11 @@ class MeshRunner:
     def add_instance(self, plan: InstancePlan) -> None:
         inst = _Instance(plan)
         self.instances[plan.key] = inst
-        self._credentials(plan)
+        try:
+            self._credentials(plan)
+        except (OSError, TrustDomainError) as exc:  # shown as not ready; the rest of the mesh runs on
+            log.error("%s/%s: no credentials for its sidecar: %s", plan.cluster, plan.name, exc)
+            inst.sidecar_started = True
         self._start(app_spec(plan, self.layout, self.env))
         self._maybe_start_sidecar(inst)
 
@@ -229,7 +235,12 @@ class MeshRunner:
             if self.plan_versions.get(name) == marker:
                 continue
             self.plan_versions[name] = marker
-            self.reconcile(name, [InstancePlan.from_json(p) for p in plan.get("instances") or ()], nursery)
+            try:
+                plans = [InstancePlan.from_json(p) for p in plan.get("instances") or ()]
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("%s: unreadable plan from the control plane: %r", name, exc)
+                continue
+            self.reconcile(name, plans, nursery)
 
     def cp_status_seen(self, name: str, doc: Mapping[str, Any]) -> None:
         self.cp_config[name] = bool(doc.get("ready"))
@@ -274,6 +285,13 @@ class MeshRunner:
         self.cp_ready[name] = bool(ready)
 
     async def probe_instance(self, inst: _Instance, now: float) -> None:
+        try:
+            await self._probe_instance(inst, now)
+        except Exception:  # noqa: BLE001 - a probe bug costs that instance's readiness, not the mesh
+            log.exception("probing %s/%s failed", inst.plan.cluster, inst.plan.name)
+            inst.app_ready = inst.sidecar_ready = False
+
+    async def _probe_instance(self, inst: _Instance, now: float) -> None:
         app, sidecar = self.sup.children.get(inst.app), self.sup.children.get(inst.sidecar)
         if app is None or app.state != "running":
             inst.app_ready = False

@@ -9,7 +9,7 @@ JSON (``--output json``)::
                                     "lastRefusal", "connectedProxies", "certificatesIssued"},
                    "workloads": [{"name", "namespace", "ready", "replicas", "address", "addresses",
                                   "pids", "instances": [{"name", "address", "ready", "appReady",
-                                  "sidecarReady", "pids", "spiffeId", "configVersion", "ackedVersion",
+                                  "sidecarReady", "pids", "spiffeId", "configVersion", "ackedVersion", "inSync",
                                   "certificateExpiry", "lastNack", "restarts", "logs"}]}]}]}
 
 ``pid`` is the control plane's, a workload's ``pids`` are its apps' and sidecars' (every
@@ -61,6 +61,8 @@ def status_json(state: MeshState, layout: Layout) -> dict[str, Any]:
                 rows.append({"name": i.instance, "address": i.address, "ready": i.ready, "appReady": i.app_ready,
                              "sidecarReady": i.sidecar_ready, "pids": _pids(i), "spiffeId": i.spiffe_id,
                              "configVersion": i.config_version, "ackedVersion": acked.get("ackedVersion"),
+                             "inSync": (report.get("inSync") or {}).get(f"{i.namespace}/{i.instance}") if current
+                             else None,
                              "certificateExpiry": i.cert_not_after, "lastNack": acked.get("lastNack"),
                              "restarts": {"app": i.app.restarts, "sidecar": i.sidecar.restarts},
                              "logs": {"app": i.app.log, "sidecar": i.sidecar.log}})

@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import trio
 
@@ -46,13 +46,12 @@ from trustdomain import CaDirectory, KeyType, TrustDomain, TrustDomainError, cre
 from ._errors import FederationError
 from ._launch import (
     ADMIN_PORT, DISCOVERY_PORT, DNS_PORT, INBOUND_PORT, METRICS_PORT, OUTBOUND_PORT, InstancePlan, Layout,
-    base_environment, plans_of,
+    base_environment, bootstrap_secret, plans_of,
 )
 from ._progress import Progress, listen_table, not_ready_report
 from ._runner import ClusterInfo, MeshRunner
 from ._scale import replica_counts, scale_path
 from ._state import MeshState, StateError, alive, clean_stale, read_state, remember, state_path
-from ._cpprocess import bootstrap_secret
 
 DEFAULT_TIMEOUT = 120.0
 CA_RENEW_BEFORE = dt.timedelta(days=7)
@@ -191,13 +190,13 @@ def runner_for(layout: Layout, topology: Topology, wiring: str, on_state=None) -
 # -- foreground ----------------------------------------------------------------------------
 
 
-async def _foreground(runner: MeshRunner, progress: Progress) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def serve_until_signal(runner: MeshRunner, say: Callable[[str], None]) -> None:
+    """Run the mesh until SIGINT, SIGTERM or SIGHUP, then stop it in order."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(runner.run)
             async for signum in signals:
-                print(f"\nfedctl up: {signal.Signals(signum).name}: stopping (apps, then sidecars, then control "
-                      "planes)...", flush=True)
+                say(f"{signal.Signals(signum).name}: stopping (apps, then sidecars, then control planes)...")
                 break
             nursery.cancel_scope.cancel()
 
@@ -209,7 +208,7 @@ def run_foreground(mesh_dir: Path, wiring: str, timeout: float) -> int:
     print(progress.intro(topology.clusters, topology.plans, layout), flush=True)
     runner = runner_for(layout, topology, wiring, on_state=progress.foreground)
     try:
-        trio.run(_foreground, runner, progress)
+        trio.run(serve_until_signal, runner, lambda text: print(f"\nfedctl up: {text}", flush=True))
     except KeyboardInterrupt:
         pass
     state_path(mesh_dir).unlink(missing_ok=True)
@@ -236,6 +235,17 @@ def run_detached(mesh_dir: Path, wiring: str, timeout: float) -> int:
     progress = Progress(mesh_dir, time.monotonic(), timeout=timeout)
     print(progress.intro(topology.clusters, topology.plans, layout), flush=True)
     daemon = spawn_supervisor(layout, wiring)
+    try:
+        return _follow(mesh_dir, layout, daemon, progress, timeout)
+    except KeyboardInterrupt:
+        print("\nfedctl up: interrupted; stopping what was started", file=sys.stderr)
+        stop_detached(mesh_dir, daemon)
+        return 130
+
+
+def _follow(mesh_dir: Path, layout: Layout, daemon: subprocess.Popen[bytes], progress: Progress,
+            timeout: float) -> int:
+    """Print the detached supervisor's progress until the mesh is ready (0) or cannot be (1)."""
     deadline = time.monotonic() + timeout
     state: MeshState | None = None
     while True:
@@ -286,15 +296,7 @@ def supervise(mesh_dir: Path, wiring: str) -> int:
     topology = load_topology(mesh_dir)
     runner = runner_for(Layout(mesh_dir), topology, wiring)
 
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(runner.run)
-                async for signum in signals:
-                    print(f"supervisor: {signal.Signals(signum).name}: stopping", flush=True)
-                    break
-                nursery.cancel_scope.cancel()
-    trio.run(main)
+    trio.run(serve_until_signal, runner, lambda text: print(f"supervisor: {text}", flush=True))
     state_path(mesh_dir).unlink(missing_ok=True)
     return 0
 

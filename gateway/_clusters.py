@@ -32,8 +32,14 @@ from ._actions import qualify_host
 from ._balancer import Balancer, Host, load_balancer_for, make_balancer, subset_hosts
 from ._breaker import UINT32_MAX, CircuitBreaker, CircuitBreakerConfig
 from ._config import EndpointSpec, ProxyConfig, ServiceSpec, parse_hostport
+from ._conngate import ConnectionGate
 from ._delegate import is_exported_to
 from ._hashkey import HashPolicy
+from ._hostpick import HostPicker
+from ._locality_lb import LocalityLb
+from ._locality_levels import LocalityLbError, LocalityMode, panic_threshold_for
+from ._outlier import OutlierDetector, OutlierEventSink
+from ._outlier_config import OutlierConfig
 from ._sni import outbound_sni
 from ._timeouts import TimeoutPolicy
 
@@ -113,11 +119,26 @@ class ClusterConfig:
     hash_policy: HashPolicy | None = None
     destination_rule: str = ""
     """``namespace/name`` of the DestinationRule in force, empty for none."""
+    picker: HostPicker = field(default=None, repr=False)  # type: ignore[assignment]
+    """The balancer gated by outlier detection (and locality); built from ``balancer`` when not given."""
+    gate: ConnectionGate = field(default=None, repr=False)  # type: ignore[assignment]
+    """The connection half of the breaker (maxConnections, http1MaxPendingRequests)."""
     limits_requests: bool = field(init=False, repr=False)
     """The breaker bounds requests (Istio's default 2^32-1 does not): only then is it asked."""
+    limits_retries: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "limits_requests", self.breaker.config.max_requests < UINT32_MAX)
+        cfg = self.breaker.config
+        object.__setattr__(self, "limits_requests", cfg.max_requests < UINT32_MAX)
+        object.__setattr__(self, "limits_retries", cfg.max_retries < UINT32_MAX or cfg.retry_budget is not None)
+        if self.picker is None:
+            object.__setattr__(self, "picker", HostPicker(self.name, self.balancer))
+        if self.gate is None:
+            object.__setattr__(self, "gate", ConnectionGate(self.breaker, self.name))
+
+    @property
+    def outlier(self) -> OutlierDetector | None:
+        return self.picker.outlier
 
     @property
     def is_http(self) -> bool:
@@ -136,7 +157,8 @@ def _serves(e: EndpointSpec, port: int, target_port: int) -> bool:
 
 
 def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: str, drs: list[Resource],
-                      config: ProxyConfig, stats: StatsStore, rng: random.Random) -> list[ClusterConfig]:
+                      config: ProxyConfig, stats: StatsStore, rng: random.Random,
+                      sink: OutlierEventSink | None = None) -> list[ClusterConfig]:
     spec = config.spec
     fqdn = qualify_host(svc.hostname, svc.namespace, config.registry.domain)
     dr_res = destination_rule_for(drs, fqdn, svc.namespace, spec.node.namespace, spec.node.labels,
@@ -163,11 +185,38 @@ def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: st
         lb = load_balancer_for(rule_policy, port, subset_policy)
         balancer = make_balancer(lb, healthy, rng) if healthy else None
         pool: ConnectionPoolSettings | None = _at_port(rule_policy, subset_policy, port, "connection_pool")
+        od = _at_port(rule_policy, subset_policy, port, "outlier_detection")
+        breaker = CircuitBreaker(CircuitBreakerConfig.from_istio(pool), name)
+        picker = _picker(name, healthy, balancer, lb, od, dr is not None, spec.node, rng, sink)
         out.append(ClusterConfig(
-            name, fqdn, subset, port, protocol, tuple(chosen), balancer, sni,
-            CircuitBreaker(CircuitBreakerConfig.from_istio(pool), name), TimeoutPolicy.from_istio(None, pool),
-            HashPolicy.compile(lb.consistent_hash if lb is not None else None), dr_key))
+            name, fqdn, subset, port, protocol, tuple(chosen), balancer, sni, breaker,
+            TimeoutPolicy.from_istio(None, pool), HashPolicy.compile(lb.consistent_hash if lb is not None else None),
+            dr_key, picker, ConnectionGate(breaker, name)))
     return out
+
+
+def _picker(name: str, healthy: list[Host], balancer: Balancer[Host] | None, lb: Any, od: Any, has_rule: bool,
+            node: Any, rng: random.Random, sink: OutlierEventSink | None) -> HostPicker:
+    """Outlier detection when the rule configures it; locality load balancing when the rule
+    turns it on (Istio: failover needs outlierDetection; ``distribute`` works alone) and the
+    hosts span more than one locality or priority - else the plain balancer."""
+    config = OutlierConfig.from_istio(od)
+    outlier = None
+    if config is not None and balancer is not None:
+        outlier = OutlierDetector(config, cluster=name, hosts=[h.key for h in healthy], sink=sink, rng=rng)
+    locality = None
+    setting = lb.locality_lb_setting if lb is not None else None
+    if has_rule and healthy and (od is not None or setting is not None):
+        try:
+            built = LocalityLb.compile(setting, node.locality, healthy, od is not None, client_labels=node.labels,
+                                       lb=lb, rng=rng, panic_threshold=panic_threshold_for(od),
+                                       active=balancer.active if balancer is not None else None)  # type: ignore[attr-defined]
+        except LocalityLbError:
+            built = None
+        if (built is not None and built.mode is not LocalityMode.OFF
+                and (len(built.levels) > 1 or any(len(lvl.groups) > 1 for lvl in built.levels))):
+            locality = built
+    return HostPicker(name, balancer, outlier, locality)
 
 
 def _key(e: EndpointSpec) -> str:

@@ -228,6 +228,15 @@ class TelemetrySpec:
     """``stdout``, ``off`` or a file path: JSON lines with Envoy's response flags."""
     otlp_endpoint: str | None = None
     """OTLP/HTTP traces endpoint (``http://127.0.0.1:4318/v1/traces``); none by default."""
+    sampling: float = 1.0
+    """Percent of new traces sampled when spans are exported (a caller's decision is kept),
+    0..100. Defaults to 1, Istio's ``tracing.sampling``."""
+
+    def _check(self, c: Check) -> None:
+        if not 0.0 <= self.sampling <= 100.0:
+            c.error("sampling", f"must be between 0 and 100; found {self.sampling!r}")
+        if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith("http://"):
+            c.error("otlpEndpoint", f"must be an http:// URL (OTLP/HTTP); found {self.otlp_endpoint!r}")
 
 
 @dataclass(frozen=True, slots=True)

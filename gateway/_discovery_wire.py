@@ -1,9 +1,8 @@
 """The control plane's wire protocol on :15012, shared by the server (federation) and the proxy.
 
-Everything here is pure (bytes and JSON in, values out), so ``federation/_discovery.py``
-and ``gateway/_discovery_client.py`` speak the same protocol without the gateway ever
-importing federation. The protocol itself is described in ``federation/_discovery.py``;
-in short, over one HTTP/2 connection with mTLS:
+Pure (bytes and JSON in, values out), so that the server and ``_discovery_client`` speak
+one protocol without the gateway importing federation. The protocol is described in
+``federation/_discovery.py``; in short, over one HTTP/2 connection with mTLS:
 
 * ``POST /v1/subscribe`` with a ``NodeIdentity`` (JSON); the response stream stays open
   and carries config frames;
@@ -17,10 +16,9 @@ document (UTF-8 JSON of a ProxyConfig) is the concatenation of its parts, listed
 ``parts`` as ``[id, length, fresh]``; the body holds the fresh parts, in order, and a
 part that is not fresh is one the proxy received in the previous frame on this
 connection (same id). Both ends keep exactly the parts of the last frame, so the server
-knows what the proxy holds without being told; a new connection holds nothing. This is
-what keeps pushes incremental: a 2 MB document whose VirtualServices changed travels
-as a few kilobytes. The document follows its header as raw bytes rather than inside it
-as a JSON string, which would have to be escaped and unescaped at both ends.
+knows what the proxy holds without being told (a new connection holds nothing): a 2 MB
+document whose VirtualServices changed travels as a few kilobytes. Raw bytes after the
+header, not a JSON string inside it, spare both ends escaping megabytes.
 """
 
 from __future__ import annotations
@@ -156,7 +154,8 @@ class DocumentAssembler:
         self.known: dict[str, bytes] = {}
 
     def assemble(self, header: FrameHeader, body: bytes) -> bytes:
-        parts, offset, held = [], 0, self.known
+        parts: list[tuple[str, bytes]] = []
+        offset, held = 0, self.known
         fresh: dict[str, bytes] = {}
         for pid, size, is_fresh in header.parts:
             if is_fresh:
@@ -164,9 +163,10 @@ class DocumentAssembler:
                 offset += size
                 fresh[pid] = piece
             else:
-                piece = fresh.get(pid, held.get(pid))  # type: ignore[arg-type]
-                if piece is None:
+                found = fresh.get(pid, held.get(pid))
+                if found is None:
                     raise WireError("config frame", f"part {pid} is neither sent nor held from the last frame")
+                piece = found
             if len(piece) != size:
                 raise WireError("config frame", f"part {pid} has {len(piece)} bytes; the header says {size}")
             parts.append((pid, piece))
@@ -199,7 +199,7 @@ class FrameDecoder:
         if data:
             self._pieces.append(data)
             self._len += len(data)
-        out = []
+        out: list[tuple[FrameHeader, bytes]] = []
         while True:
             if self._header is None:
                 if self._header_len is None:

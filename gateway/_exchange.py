@@ -20,11 +20,16 @@ the choice of connection happen before, in ``_outbound`` and ``_inbound``.
 * Failures are ``_rescue`` errors: before the response head went downstream the caller
   answers with ``rescue(error)``; after it, ``ResponseAborted`` and the downstream
   connection is closed (a client then sees a truncated response, as with Envoy).
+* For the retry layer, ``forward_attempt`` takes the body from a ``RequestBody`` (kept
+  for replay) and calls ``accept(response)`` when the response head arrives, *before*
+  anything goes downstream: raising there (``RetryableResponse``) drops this attempt's
+  connection and leaves the client untouched, so the request can be tried again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,10 +42,26 @@ from ._http1 import NEED_DATA
 from ._rescue import DownstreamProtocolError, UpstreamProtocolError, UpstreamResetError
 from ._upstream import PoolKey, UpstreamConnection, UpstreamPool
 
+if TYPE_CHECKING:
+    from ._replay import RequestBody
+    from ._upstream import ConnectionGate
+
+Accept = Callable[[Response], None]
+"""Called with the upstream response head before it goes downstream; may raise to drop it."""
+
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy answers itself (Expect).
 _REQUEST_DROP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te",
                            b"expect", b"http2-settings"})
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade"})
+
+
+class RetryableResponse(GatewayError):
+    """Raised by an ``accept`` hook: this attempt's response is dropped, to be retried."""
+
+    def __init__(self, status: int, decision: object = None) -> None:
+        super().__init__(f"upstream answered {status}: retrying")
+        self.status = status
+        self.decision = decision
 
 
 class ResponseAborted(GatewayError):
@@ -111,7 +132,8 @@ def apply_ops(ops: HeaderOps, headers: list[tuple[bytes, bytes]]) -> list[tuple[
 class Exchange:
     """Progress of one request through ``forward``: what the caller reports and logs."""
 
-    __slots__ = ("status", "head_sent", "request_done", "bytes_in", "bytes_out", "error", "peer")
+    __slots__ = ("status", "head_sent", "request_done", "bytes_in", "bytes_out", "error", "peer", "extra_headers",
+                 "response_headers")
 
     def __init__(self) -> None:
         self.status = 0
@@ -124,6 +146,10 @@ class Exchange:
         self.error: BaseException | None = None
         self.peer = ""
         """SPIFFE ID of the upstream (mTLS connections)."""
+        self.extra_headers: list[tuple[bytes, bytes]] | None = None
+        """Added to the response head (CORS, rate-limit headers), after the route's ops."""
+        self.response_headers: Sequence[tuple[bytes, bytes]] = ()
+        """The upstream response head's headers, as received (for the access log)."""
 
 
 async def forward(down: Downstream, head: Request, has_body: bool, pool: UpstreamPool, key: PoolKey,
@@ -131,12 +157,24 @@ async def forward(down: Downstream, head: Request, has_body: bool, pool: Upstrea
                   idle_timeout: float | None = None, state: Exchange | None = None) -> Exchange:
     """Carry ``head`` (and the request body still on ``down``) to a connection for ``key``
     and the response back; see the module docstring for the failure contract."""
+    return await forward_attempt(down, head, pool, key, connect_timeout, response_ops, idle_timeout, state)
+
+
+async def forward_attempt(down: Downstream, head: Request, pool: UpstreamPool, key: PoolKey, connect_timeout: float,
+                          response_ops: HeaderOps = HeaderOps(), idle_timeout: float | None = None,
+                          state: Exchange | None = None, *, body: RequestBody | None = None,
+                          accept: Accept | None = None, gate: ConnectionGate | None = None,
+                          max_requests_per_connection: int = 0) -> Exchange:
+    """``forward`` for one attempt of the retry layer: the body comes from (and is kept
+    in) ``body``, ``accept`` sees the response head first, ``gate`` bounds the cluster's
+    connections (circuit breaker), and a connection that has served
+    ``max_requests_per_connection`` requests is closed instead of pooled."""
     state = state or Exchange()
     # Connect before touching the body: a connect failure leaves the request intact for
     # the caller to try another host.
-    conn, reused = await pool.acquire(key, connect_timeout)
+    conn, reused = await pool.acquire(key, connect_timeout, gate)
     try:
-        chunks, end = down.buffered_body()
+        chunks, end = body.start(down) if body is not None else down.buffered_body()
     except BaseException:
         pool.release(conn, False)
         raise
@@ -146,15 +184,15 @@ async def forward(down: Downstream, head: Request, has_body: bool, pool: Upstrea
             await _send_head(conn, head, chunks, end, state)
             if end is not None:
                 state.request_done = True
-                await _relay_response(down, conn, response_ops, state)
+                await _relay_response(down, conn, response_ops, state, accept)
             else:
-                await _relay_streaming(down, conn, response_ops, state)
+                await _relay_streaming(down, conn, response_ops, state, body, accept)
         except UpstreamResetError:
             pool.release(conn, False)
             if attempt == 0 and reused and state.status == 0 and end is not None:
                 # A pooled connection that died while idle: once more, on a new one.
                 state.bytes_in = 0
-                conn, reused = await pool.acquire(key, connect_timeout)
+                conn, reused = await pool.acquire(key, connect_timeout, gate)
                 continue
             raise
         except BaseException:
@@ -163,6 +201,8 @@ async def forward(down: Downstream, head: Request, has_body: bool, pool: Upstrea
         conn.served += 1
         codec = conn.codec
         reusable = codec.our_state is DONE and codec.their_state is DONE
+        if max_requests_per_connection and conn.served >= max_requests_per_connection:
+            reusable = False  # connectionPool.http.maxRequestsPerConnection
         if reusable:
             codec.start_next_cycle()
         pool.release(conn, reusable, idle_timeout)
@@ -243,27 +283,34 @@ async def _send_head(conn: UpstreamConnection, head: Request, chunks: list[Data]
         raise UpstreamResetError(conn.address, f"send failed: {exc}") from None
 
 
-async def _relay_streaming(down: Downstream, conn: UpstreamConnection, ops: HeaderOps, state: Exchange) -> None:
+async def _relay_streaming(down: Downstream, conn: UpstreamConnection, ops: HeaderOps, state: Exchange,
+                           body: RequestBody | None = None, accept: Accept | None = None) -> None:
+    failure: Exception | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_pump_body, down, conn, state, nursery.cancel_scope)
+        nursery.start_soon(_pump_body, down, conn, state, nursery.cancel_scope, body)
         try:
-            await _relay_response(down, conn, ops, state)
+            await _relay_response(down, conn, ops, state, accept)
+        except Exception as exc:  # raised below, not wrapped in the nursery's ExceptionGroup
+            failure = exc
         finally:
             if not state.request_done:
                 # The response ended (or failed) before the request body: stop sending it.
                 # Neither connection can carry another exchange.
                 conn.close()
             nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     if state.error is not None:
         raise state.error
 
 
-async def _pump_body(down: Downstream, conn: UpstreamConnection, state: Exchange, scope: trio.CancelScope) -> None:
+async def _pump_body(down: Downstream, conn: UpstreamConnection, state: Exchange, scope: trio.CancelScope,
+                     body: RequestBody | None = None) -> None:
     codec = conn.codec
     stream = conn.stream
     try:
         while True:
-            event = await down.next_event()
+            event = await (body.next_event(down) if body is not None else down.next_event())
             kind = type(event)
             if kind is Data:
                 data = codec.send(event)  # type: ignore[arg-type]
@@ -287,7 +334,8 @@ async def _pump_body(down: Downstream, conn: UpstreamConnection, state: Exchange
         scope.cancel()
 
 
-async def _relay_response(down: Downstream, conn: UpstreamConnection, ops: HeaderOps, state: Exchange) -> None:
+async def _relay_response(down: Downstream, conn: UpstreamConnection, ops: HeaderOps, state: Exchange,
+                          accept: Accept | None = None) -> None:
     ucodec = conn.codec
     dcodec = down.codec
     stream = conn.stream
@@ -315,7 +363,12 @@ async def _relay_response(down: Downstream, conn: UpstreamConnection, ops: Heade
             out.append(dcodec.send(event))  # type: ignore[arg-type]
         elif kind is Response:
             state.status = event.status  # type: ignore[union-attr]
+            state.response_headers = event.headers  # type: ignore[union-attr]
+            if accept is not None:
+                accept(event)  # type: ignore[arg-type]
             headers = response_headers(event.headers, ops)  # type: ignore[union-attr]
+            if state.extra_headers:
+                headers += state.extra_headers
             out.append(dcodec.send(Response(event.status, headers, event.reason)))  # type: ignore[union-attr]
             state.head_sent = True
         elif kind is EndOfMessage:

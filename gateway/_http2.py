@@ -294,6 +294,21 @@ class Http2Connection:
     def open_streams(self) -> int:
         return self._conn.open_inbound_streams + self._conn.open_outbound_streams
 
+    @property
+    def peer_max_concurrent_streams(self) -> int:
+        """Streams the peer lets us open at once (its SETTINGS_MAX_CONCURRENT_STREAMS;
+        unbounded until its SETTINGS arrive)."""
+        return self._conn.remote_settings.max_concurrent_streams
+
+    def keep_streams_after_goaway(self) -> None:
+        """Let the streams a graceful GOAWAY spared finish. RFC 9113 6.8: streams at or below
+        ``last_stream_id`` "might still complete successfully"; h2 closes its whole state
+        machine on any GOAWAY, so it is put back to open - the caller opens no new stream."""
+        from h2.connection import ConnectionState
+        if not self._closed:
+            self._conn.state_machine.state = (ConnectionState.SERVER_OPEN if self._server
+                                              else ConnectionState.CLIENT_OPEN)
+
     def _call(self, method: Callable[..., None], *args: object, **kwargs: object) -> None:
         try:
             method(*args, **kwargs)

@@ -70,6 +70,16 @@ PROXY_METRICS: tuple[MetricDef, ...] = (
     MetricDef("meshfed_outlier_ejections_enforced_total", COUNTER,
               "Hosts actually ejected from the load-balancing pool.", ("cluster", "type")),
     MetricDef("meshfed_outlier_ejections_active", GAUGE, "Hosts ejected now.", ("cluster",)),
+    # resilience layers (Envoy fault.*, http_local_rate_limit.*, router shadow stats)
+    MetricDef("meshfed_fault_delays_injected_total", COUNTER, "Requests delayed by fault injection (DI).",
+              ("route",)),
+    MetricDef("meshfed_fault_aborts_injected_total", COUNTER, "Requests aborted by fault injection (FI).",
+              ("route",)),
+    MetricDef("meshfed_ratelimit_limited_total", COUNTER, "Requests refused by a local rate limit (429 RL).",
+              ("direction",)),
+    MetricDef("meshfed_mirror_requests_total", COUNTER,
+              "Mirror copies by outcome: sent (answered), failed, dropped (too many in flight).",
+              ("cluster", "result")),
     # authorization (Envoy rbac.allowed / rbac.denied; shadow = AUDIT policies)
     MetricDef("meshfed_rbac_allowed_total", COUNTER, "Requests or connections authorization allowed."),
     MetricDef("meshfed_rbac_denied_total", COUNTER, "Requests or connections authorization denied (403)."),

@@ -34,8 +34,11 @@ from ._clusters import (H1_ALPN, HTTP_PROTOCOLS, ClusterConfig, HostStats, Stats
                         destination_rule_for, service_clusters)
 from ._config import ProxyConfig
 from ._limits import HttpLimits
+from ._outlier import OutlierEventSink
 from ._peerauth import PeerAuthConfig
-from ._routing import RouteTable
+from ._ratelimits import NO_RATE_LIMITS, RateLimits
+from ._route_policy import DEFAULT_ROUTE_CONFIG, RouteConfig, compile_route_configs
+from ._routing import RouteDecision, RouteTable
 from ._tcproutes import ConnectionInfo, TcpRouteTable
 from ._vsselect import ClientWorkload
 from ._xfcc import XfccConfig
@@ -89,10 +92,19 @@ class Snapshot:
     tls: TlsMaterial | None
     limits: HttpLimits
     warnings: tuple[str, ...] = ()
+    route_configs: Mapping[RouteDecision, RouteConfig] = field(default_factory=dict, repr=False)
+    """Faults, retries, timeouts, mirrors and CORS of each route (``_route_policy``)."""
+    ratelimits: RateLimits = NO_RATE_LIMITS
+    """Token buckets of meshfed ``RateLimit`` resources (``_ratelimits``)."""
+    outlier_clusters: tuple[ClusterConfig, ...] = field(default=(), repr=False)
+    """Clusters with outlier detection, for the proxy's sweep task."""
 
     @property
     def version(self) -> str:
         return self.config.version
+
+    def route_config(self, route: RouteDecision) -> RouteConfig:
+        return self.route_configs.get(route, DEFAULT_ROUTE_CONFIG)
 
     def cluster(self, fqdn: str, subset: str, port: int) -> ClusterConfig | None:
         return self.clusters.get((fqdn, subset, port))
@@ -113,9 +125,10 @@ class Snapshot:
 
 # -- compiling ------------------------------------------------------------------------
 
-def compile_snapshot(config: ProxyConfig, *, stats: StatsStore | None = None,
-                     rng: random.Random | None = None) -> tuple[Snapshot | None, list[Diagnostic]]:
-    """Compile ``config``; None and the errors when it cannot be served."""
+def compile_snapshot(config: ProxyConfig, *, stats: StatsStore | None = None, rng: random.Random | None = None,
+                     outlier_sink: OutlierEventSink | None = None) -> tuple[Snapshot | None, list[Diagnostic]]:
+    """Compile ``config``; None and the errors when it cannot be served. ``outlier_sink``
+    receives the ejections and returns of every cluster's outlier detector."""
     stats = stats or StatsStore()
     rng = rng or random.Random()
     spec = config.spec
@@ -147,7 +160,7 @@ def compile_snapshot(config: ProxyConfig, *, stats: StatsStore | None = None,
         for port in svc.ports:
             try:
                 built = service_clusters(svc, port.port, port.target_port or port.port, port.protocol.upper(),
-                                          drs, config, stats, rng)
+                                          drs, config, stats, rng, outlier_sink)
             except BalancerError as exc:
                 error(f"spec.services[{i}]", f"load balancer for port {port.port}: {exc}")
                 continue
@@ -163,8 +176,11 @@ def compile_snapshot(config: ProxyConfig, *, stats: StatsStore | None = None,
     if any(d.is_error for d in diags):
         return None, _located(diags, config)
     inbound = _inbound(config, tls)
+    ratelimits = RateLimits.compile(resources, namespace=node.namespace, labels=node.labels,
+                                    domain=config.registry.domain)
     return Snapshot(config, routes, tcp_routes, clusters, inbound, tls, spec.limits,
-                    tuple(routes.warnings) + tuple(routes.conflicts)), diags
+                    tuple(routes.warnings) + tuple(routes.conflicts), compile_route_configs(routes, config.registry),
+                    ratelimits, tuple(c for c in clusters.values() if c.outlier is not None)), diags
 
 
 def _located(diags: list[Diagnostic], config: ProxyConfig) -> list[Diagnostic]:

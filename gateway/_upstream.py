@@ -27,7 +27,7 @@ import select
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -39,6 +39,10 @@ from ._http1 import Http1Connection
 from ._limits import DEFAULT_LIMITS, HttpLimits
 from ._rescue import UpstreamConnectError
 
+if TYPE_CHECKING:
+    from ._breaker import Permit
+    from ._conngate import ConnectionGate
+
 log = logging.getLogger("meshfed.gateway.upstream")
 
 PoolKey = tuple[str, int, str, str]
@@ -48,7 +52,7 @@ PoolKey = tuple[str, int, str, str]
 class UpstreamConnection:
     """One open upstream connection and its HTTP/1.1 client codec."""
 
-    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "_raw", "_pool")
+    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "gate", "permit", "_raw", "_pool")
 
     def __init__(self, key: PoolKey, stream: trio.abc.Stream, raw: FastSocketStream,
                  pool: UpstreamPool | None, limits: HttpLimits = DEFAULT_LIMITS) -> None:
@@ -62,6 +66,9 @@ class UpstreamConnection:
         self.closed = False
         self.peer = ""
         """The verified SPIFFE ID of the server, for mTLS connections."""
+        self.gate: ConnectionGate | None = None
+        """The cluster connection breaker this connection counts against, if any."""
+        self.permit: Permit | None = None
         self._raw = raw
         self._pool = pool
 
@@ -88,6 +95,11 @@ class UpstreamConnection:
         if self._pool is not None:
             self._pool._closed(self)
         self._raw.close()
+        if self.permit is not None:
+            self.permit.release()
+            self.permit = None
+        if self.gate is not None:
+            self.gate.wake()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -160,23 +172,51 @@ class UpstreamPool:
             found = self.stats[key] = KeyStats()
         return found
 
-    async def acquire(self, key: PoolKey, connect_timeout: float) -> tuple[UpstreamConnection, bool]:
-        """A connection to ``key`` and whether it was reused (a reused one may turn out dead)."""
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if not conn.is_stale():
-                return conn, True
-            conn.close()
+    async def acquire(self, key: PoolKey, connect_timeout: float,
+                      gate: ConnectionGate | None = None) -> tuple[UpstreamConnection, bool]:
+        """A connection to ``key`` and whether it was reused (a reused one may turn out dead).
+        With a ``gate`` (a cluster's maxConnections), a new connection needs its permit:
+        without one the request waits as pending, or overflows (``_conngate``)."""
+        permit = None
+        while True:
+            idle = self._idle.get(key)
+            while idle:
+                conn = idle.pop()
+                if not conn.is_stale():
+                    return conn, True
+                conn.close()
+            if gate is None or not gate.limited:
+                break
+            permit = gate.try_connect(self, key)
+            if permit is not None:
+                break
+            await gate.wait_pending()
         stats = self._stats(key)
         try:
             conn = await open_connection(key, self._mtls() if key[2] else None, connect_timeout, self, self.limits)
-        except UpstreamConnectError:
-            stats.cx_connect_fail += 1
+        except BaseException as exc:
+            if isinstance(exc, UpstreamConnectError):
+                stats.cx_connect_fail += 1
+            if permit is not None:
+                permit.release()
+                gate.wake()  # type: ignore[union-attr]
             raise
+        if permit is not None:
+            conn.gate, conn.permit = gate, permit
         stats.cx_total += 1
         stats.cx_active += 1
         return conn, False
+
+    def evict_idle(self, keys: set[PoolKey]) -> bool:
+        """Close one idle connection of ``keys`` (the oldest); whether there was one."""
+        for key in keys:
+            idle = self._idle.get(key)
+            if idle:
+                idle.popleft().close()
+                if not idle:
+                    del self._idle[key]
+                return True
+        return False
 
     def release(self, conn: UpstreamConnection, reusable: bool, idle_timeout: float | None = None) -> None:
         """Give ``conn`` back: pooled when ``reusable`` and there is room, closed otherwise."""
@@ -190,6 +230,8 @@ class UpstreamPool:
                 timeout = self.idle_timeout if idle_timeout is None else idle_timeout
                 conn.expires = self._clock() + timeout
                 idle.append(conn)
+                if conn.gate is not None:
+                    conn.gate.wake()
                 return
         conn.close()
 

@@ -279,3 +279,42 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap(attempt: int, low: fl
     rng = random.Random(3)
     delays = [Backoff().delay(attempt, rng) for _ in range(200)]
     assert low <= min(delays) and max(delays) <= high
+
+
+async def test_metrics_endpoint_serves_the_exposition_and_404_elsewhere(running: ControlPlane, pki: MeshPki,
+                                                                        nursery: trio.Nursery) -> None:
+    proxy = Proxy(pki, running, ECHO)
+    nursery.start_soon(proxy.client.run)
+    await until(proxy.client.wait_until, lambda: proxy.client.version == "1")
+    assert running.metrics_address is not None
+
+    async def get(path: str) -> bytes:
+        stream = await trio.open_tcp_stream(*running.metrics_address)
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+        await stream.aclose()
+        return data
+    with trio.fail_after(10):
+        metrics, other = await get("/metrics"), await get("/")
+    assert metrics.startswith(b"HTTP/1.1 200 OK\r\n")
+    for line in (b'pilot_xds_pushes_total{type="proxyconfig"} 1.0', b"pilot_xds 1.0", b"meshfed_config_version 1.0",
+                 b"citadel_server_success_cert_issuance_count_total 0.0"):
+        assert line in metrics.split(b"\n")
+    assert other.startswith(b"HTTP/1.1 404 Not Found\r\n")
+
+
+async def test_a_proxy_that_goes_away_is_shown_disconnected(running: ControlPlane, pki: MeshPki,
+                                                            nursery: trio.Nursery) -> None:
+    proxy = Proxy(pki, running, ECHO)
+    scope = trio.CancelScope()
+
+    async def run_client() -> None:
+        with scope:
+            await proxy.client.run()
+    nursery.start_soon(run_client)
+    await until(running.discovery.wait_until, lambda: state(running, "echo-0").get("ackedVersion") == "1")
+    scope.cancel()
+    await until(running.discovery.wait_until, lambda: state(running, "echo-0")["connected"] is False)
+    assert running.metrics.value("pilot_xds") == 0 and state(running, "echo-0")["ackedVersion"] == "1"

@@ -239,3 +239,27 @@ def test_generator_reuses_encoded_services_when_only_istio_resources_changed(tmp
     a = gen1.document(placed(first, "echo-0"))
     b = ProxyGenerator(second, previous=gen1).document(placed(second, "echo-0"))
     assert a.parts[1:-2] == b.parts[1:-2] and all(x is y for x, y in zip(a.parts[1:-2], b.parts[1:-2]))
+
+
+def test_only_changed_services_are_encoded_again_across_versions(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import federation._proxygen as proxygen
+    encoded: list[str] = []
+    real = proxygen._dumps
+
+    def counting(value: Any) -> bytes:
+        if isinstance(value, dict) and "hostname" in value:
+            encoded.append(value["hostname"])
+        return real(value)
+    monkeypatch.setattr(proxygen, "_dumps", counting)
+    v1 = load(tmp_path, mesh=MESH, istio=ISTIO, entry=ENTRY.format(address="10.0.0.1"))
+    gen = ProxyGenerator(v1)
+    gen.document(placed(v1, "productpage-0"))
+    assert len(encoded) == 4
+    v2 = load(tmp_path, istio=ISTIO.replace("mode: STRICT", "mode: PERMISSIVE"))  # Istio resources only
+    gen = ProxyGenerator(v2, previous=gen)
+    gen.document(placed(v2, "productpage-0"))
+    v3 = load(tmp_path, entry=ENTRY.format(address="10.0.0.2"))  # one service's endpoints
+    gen = ProxyGenerator(v3, previous=gen)
+    gen.document(placed(v3, "productpage-0"))
+    assert encoded[4:] == ["api.example.com"]

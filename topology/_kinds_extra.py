@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._kube import DeploymentSpec, ServiceAccountBody, ServiceSpec, StatefulSetSpec
 from ._mcs import ServiceExportSpec
 from ._mesh import Mesh
+from ._ratelimit import RateLimitSpec
 from ._resource import register_kind
 from ._security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
 
@@ -26,11 +27,12 @@ register_kind("apps", "StatefulSet", {"v1"}, StatefulSetSpec, spec_required=True
 register_kind("multicluster.x-k8s.io", "ServiceExport", {"v1alpha1"}, ServiceExportSpec)
 
 register_kind("meshfed.io", "Mesh", {"v1alpha1"}, Mesh, spec_required=True)
+register_kind("meshfed.io", "RateLimit", {"v1alpha1"}, RateLimitSpec, spec_required=True)
 
 KINDS_EXTRA = (
     ("security.istio.io", "PeerAuthentication"), ("security.istio.io", "AuthorizationPolicy"),
     ("security.istio.io", "RequestAuthentication"), ("", "Service"), ("", "ServiceAccount"),
     ("apps", "Deployment"), ("apps", "StatefulSet"), ("multicluster.x-k8s.io", "ServiceExport"),
-    ("meshfed.io", "Mesh"),
+    ("meshfed.io", "Mesh"), ("meshfed.io", "RateLimit"),
 )
 """(group, kind) of everything registered here."""

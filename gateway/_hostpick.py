@@ -1,0 +1,133 @@
+"""Which host of a cluster serves an attempt: the balancer gated by outlier detection.
+
+Theory of operation. A cluster's ``HostPicker`` holds what ``_clusters`` compiled - the
+balancer over the hosts the registry calls healthy, a ``LocalityLb`` when the
+DestinationRule turns locality load balancing on, and an ``OutlierDetector`` when it
+configures ``outlierDetection`` - and keeps one piece of state: the set of hosts ejected
+now. Every upstream result goes through ``record_status`` / ``record_result``, and the
+proxy's sweep task calls ``sweep(now)``; the events they return keep that set exact, so
+a pick never asks the detector about every host. While nothing is ejected the compiled
+balancer picks; otherwise a balancer over the eligible hosts (all of them when the
+healthy share is below the panic threshold, Envoy's panic mode) is built once per
+ejection set, sharing the active-request counts. The locality balancer is told the
+ejected hosts as its health view, and does its own priority spill-over and panic.
+
+Events go to the sink (the proxy's metrics, log and access log) as the detector emits
+them; ``/clusters`` reads ``health_flags``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._balancer import NO_CONTEXT, Balancer, Host, PickContext
+from ._outlier import OutlierAction, OutlierDetector, OutlierEvent
+from ._outlier_config import OutlierResult
+
+if TYPE_CHECKING:
+    from ._locality_lb import LocalityLb
+
+
+class HostPicker:
+    """Host choice for one cluster (see the module docstring)."""
+
+    __slots__ = ("name", "balancer", "outlier", "locality", "ejected", "_eligible", "_health")
+
+    def __init__(self, name: str, balancer: Balancer[Host] | None, outlier: OutlierDetector | None = None,
+                 locality: LocalityLb | None = None) -> None:
+        self.name = name
+        self.balancer = balancer
+        self.outlier = outlier
+        self.locality = locality
+        self.ejected: frozenset[str] = frozenset()
+        self._eligible: tuple[frozenset[str], Balancer[Host] | None] | None = None
+        self._health: dict[str, bool] = {}
+
+    # -- picking -------------------------------------------------------------------------
+    def pick(self, context: PickContext = NO_CONTEXT) -> Host | None:
+        if self.locality is not None:
+            return self.locality.pick(context, self._health if self.ejected else None)
+        balancer = self.balancer
+        if balancer is None:
+            return None
+        if self.ejected:
+            balancer = self._eligible_balancer()
+            if balancer is None:
+                return None
+        return balancer.pick(context)
+
+    def _eligible_balancer(self) -> Balancer[Host] | None:
+        cached = self._eligible
+        if cached is not None and cached[0] is self.ejected:
+            return cached[1]
+        base = self.balancer
+        assert base is not None and self.outlier is not None
+        keys = self.outlier.eligible_hosts([h.key for h in base.hosts])
+        if len(keys) == len(base.hosts):
+            found: Balancer[Host] | None = base  # panic: every host
+        elif keys:
+            wanted = set(keys)
+            found = base.rebuild([h for h in base.hosts if h.key in wanted])
+        else:
+            found = None
+        self._eligible = (self.ejected, found)
+        return found
+
+    def on_request_start(self, host: Host) -> None:
+        if self.locality is not None:
+            self.locality.on_request_start(host)
+        elif self.balancer is not None:
+            self.balancer.on_request_start(host)
+
+    def on_request_end(self, host: Host) -> None:
+        if self.locality is not None:
+            self.locality.on_request_end(host)
+        elif self.balancer is not None:
+            self.balancer.on_request_end(host)
+
+    # -- observations ----------------------------------------------------------------------
+    def record_status(self, host: str, status: int, now: float) -> tuple[OutlierEvent, ...]:
+        """A response status from ``host``; the ejection it caused, if any."""
+        if self.outlier is None:
+            return ()
+        return self._apply(self.outlier.record_http_status(host, status, now))
+
+    def record_result(self, host: str, result: OutlierResult, now: float) -> tuple[OutlierEvent, ...]:
+        """A connect failure, reset or timeout of ``host``."""
+        if self.outlier is None:
+            return ()
+        return self._apply(self.outlier.record_result(host, result, now))
+
+    def sweep(self, now: float) -> tuple[OutlierEvent, ...]:
+        """The detector's interval timer: hosts whose ejection time is up come back."""
+        if self.outlier is None:
+            return ()
+        return self._apply(self.outlier.sweep(now))
+
+    def _apply(self, events: tuple[OutlierEvent, ...]) -> tuple[OutlierEvent, ...]:
+        changed = False
+        ejected = set(self.ejected)
+        for e in events:
+            if e.action is OutlierAction.EJECT and e.enforced:
+                ejected.add(e.host)
+                changed = True
+            elif e.action is OutlierAction.UNEJECT:
+                ejected.discard(e.host)
+                changed = True
+        if changed:
+            self.ejected = frozenset(ejected)
+            self._health = {k: False for k in self.ejected}
+        return events
+
+    def health_flags(self, host: str) -> str | None:
+        """Envoy's ``/failed_outlier_check`` for an ejected host, else None."""
+        return "/failed_outlier_check" if host in self.ejected else None
+
+    @property
+    def next_sweep(self) -> float | None:
+        return self.outlier.next_sweep if self.outlier is not None else None
+
+    def __repr__(self) -> str:
+        hosts = len(self.balancer.hosts) if self.balancer is not None else 0
+        kind = "locality" if self.locality is not None else "balancer"
+        return f"<HostPicker {self.name} {kind} [{hosts - len(self.ejected)} healthy, {len(self.ejected)} ejected]>"
