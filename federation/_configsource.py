@@ -35,10 +35,10 @@ from typing import Any, Callable, Mapping
 import trio
 
 from topology import Diagnostic, LoadResult, Placement, RegistryError, Resource, ServiceRegistry
-from topology import build_registry, placements
+from topology import RegistryBuilder, build_registry, placements
 from topology._analyze import analyze
 from topology._mesh import Mesh
-from topology._registry_build import find_mesh
+from topology._registry_build import _serviceentry_services, find_mesh
 
 from ._configfiles import RACY_NS, FileState, load_file_state, stat_tree
 
@@ -49,10 +49,10 @@ DEFAULT_POLL_INTERVAL = 0.1
 ANALYZE_DELAY = 1.0
 """Quiet seconds after a new version before ``analyze`` runs on it."""
 MAX_REFUSALS_KEPT = 16
-REGISTRY_KINDS = frozenset({"Mesh", "Service", "Deployment", "StatefulSet", "ServiceEntry", "WorkloadEntry"})
-"""Kinds ``build_registry`` reads: a change elsewhere reuses the registry."""
 PLACEMENT_KINDS = frozenset({"Mesh", "Service", "Deployment", "StatefulSet"})
-"""Kinds ``placements`` reads (Service only to refuse an ambiguous kube cluster)."""
+"""Kinds the workloads and their services come from (``placements``, most of ``build_registry``)."""
+ENTRY_KINDS = frozenset({"ServiceEntry", "WorkloadEntry"})
+"""Kinds merged into that registry afterwards; a change of any other kind reuses the registry."""
 
 Check = Callable[[LoadResult, Mesh | None], list[Diagnostic]]
 """An extra validation a caller adds (the control plane checks its own cluster is there)."""
@@ -128,8 +128,8 @@ class ConfigSource:
         self._last_quiet = self.clock()
         self._listeners: list[Callable[[ConfigVersion], None]] = []
         self._refusal_listeners: list[Callable[[ConfigRefusal], None]] = []
+        self._base_cache: tuple[tuple[Resource, ...], Any] | None = None
         self._registry_cache: tuple[tuple[Resource, ...], Any] | None = None
-        self._placements_cache: tuple[tuple[Resource, ...], Any] | None = None
         self._pending_analysis: tuple[ConfigVersion, LoadResult] | None = None
         self._analysis_lock = threading.Lock()
         self.warnings: tuple[int, tuple[str, ...]] = (0, ())
@@ -214,18 +214,31 @@ class ConfigSource:
         return version
 
     def _registry(self, result: LoadResult) -> tuple[Mesh | None, ServiceRegistry, tuple[Placement, ...]]:
+        """Placements and registry, rebuilt only from what changed: the workloads' part (Mesh and
+        Kubernetes objects) and the ServiceEntries' part, merged as ``build_registry`` merges them."""
         def same(cached: tuple[tuple[Resource, ...], Any] | None, inputs: tuple[Resource, ...]) -> bool:
             return cached is not None and len(cached[0]) == len(inputs) and all(
                 a is b for a, b in zip(cached[0], inputs))  # unchanged files keep their Resource objects
         mesh = find_mesh(result)
-        inputs = tuple(r for r in result.resources if r.kind in PLACEMENT_KINDS)
-        if not same(self._placements_cache, inputs):
-            self._placements_cache = (inputs, placements(result, mesh, kube_cluster=self.kube_cluster))
-        inputs = tuple(r for r in result.resources if r.kind in REGISTRY_KINDS)
-        if not same(self._registry_cache, inputs):
-            self._registry_cache = (inputs, build_registry(result, mesh, kube_cluster=self.kube_cluster))
-        assert self._placements_cache is not None and self._registry_cache is not None
-        return mesh, self._registry_cache[1], self._placements_cache[1]
+        base = tuple(r for r in result.resources if r.kind in PLACEMENT_KINDS)
+        if not same(self._base_cache, base):
+            workloads = LoadResult(resources=list(base))
+            self._base_cache = (base, (placements(workloads, mesh, kube_cluster=self.kube_cluster),
+                                       build_registry(workloads, mesh, kube_cluster=self.kube_cluster)))
+            self._registry_cache = None
+        placed, workloads_registry = self._base_cache[1]
+        entries = tuple(r for r in result.resources if r.kind in ENTRY_KINDS)
+        if not same(self._registry_cache, entries):
+            registry = workloads_registry
+            if entries:
+                b = RegistryBuilder(registry.domain)
+                for svc in registry.services:
+                    b.add_service(svc)
+                _serviceentry_services(b, result, mesh, placed)
+                registry = b.build()
+            self._registry_cache = (entries, registry)
+        assert self._registry_cache is not None
+        return mesh, self._registry_cache[1], placed
 
     def _refuse(self, messages: tuple[str, ...], changed: list[str], now: dt.datetime) -> ConfigRefusal:
         refusal = ConfigRefusal(now, messages, tuple(changed))

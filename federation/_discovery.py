@@ -99,6 +99,8 @@ class ProxyState:
     nacks: int = 0
     stale_acks: int = 0
     placed: bool = True
+    expected_digest: str | None = None
+    """Digest of the document the proxy should hold under the version served."""
     token: object = None
 
     def to_json(self) -> dict[str, Any]:
@@ -108,7 +110,8 @@ class ProxyState:
                 "placed": self.placed, "lastPushedVersion": p.version if p else None,
                 "lastPushedAt": p.pushed_at.isoformat() if p else None, "ackedVersion": self.acked_version,
                 "ackedAt": self.acked_at.isoformat() if self.acked_at else None,
-                "inSync": p is None or self.acked_digest == p.digest, "lastPushLatencySeconds": self.last_latency,
+                "inSync": self.expected_digest is not None and self.acked_digest == self.expected_digest,
+                "lastPushLatencySeconds": self.last_latency,
                 "nacks": self.nacks, "lastNack": None if self.nack is None else
                 {"version": self.nack[0], "reason": self.nack[1], "at": self.nack[2].isoformat()}}
 
@@ -226,6 +229,7 @@ class DiscoveryServer:
                 sub.state.placed = placement is not None
                 if placement is not None:
                     doc = gen.document(placement)
+                    sub.state.expected_digest = doc.digest
                     if doc.digest != sub.sent_digest:
                         await self._push(req, sub, doc, gen.version, on_change)
             on_change = True

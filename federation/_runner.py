@@ -193,6 +193,8 @@ class MeshRunner:
             return
         if self.wiring == "files" and not self.layout.proxy_config(inst.plan).exists():
             return  # its control plane has not written its config yet
+        if self.wiring == "discovery" and not self.cp_ready[inst.plan.cluster]:
+            return  # started once its control plane answers: before, it would only back off
         cp = self.clusters[inst.plan.cluster].address
         inst.sidecar_started = True
         self._start(sidecar_spec(inst.plan, self.layout, self.env, self.wiring, cp))

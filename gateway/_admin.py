@@ -42,8 +42,8 @@ def config_dump(proxy: Proxy) -> dict[str, Any]:
     for port in snap.routes.ports:
         routes[str(port)] = [
             {"name": vh.name, "domains": list(vh.domains),
-             "routes": [{"name": r.name, "source": r.source, "match": str(r.match), "action": _action(r.action)}
-                        for r in vh.routes]}
+             "routes": [{"name": r.name, "source": r.source, "match": str(r.match), "action": _action(r.action),
+                         **_policy(snap.route_config(r))} for r in vh.routes]}
             for vh in snap.routes.virtual_hosts(port)]
     inbound = snap.inbound
     return {
@@ -67,6 +67,15 @@ def config_dump(proxy: Proxy) -> dict[str, Any]:
     }
 
 
+def _policy(rc: Any) -> dict[str, Any]:
+    """The resilience policies of a route, as compiled (``_route_policy``)."""
+    retry = rc.retry
+    return {"retries": {"attempts": retry.attempts, "retry_on": sorted(c.value for c in retry.retry_on),
+                        "per_try_timeout": retry.per_try_timeout},
+            "timeout": rc.timeouts.route_timeout, "fault": repr(rc.fault) if rc.fault is not None else None,
+            "mirrors": [f"{m.host}|{m.subset}|{m.port} {m.per_million / 10000:g}%" for m in rc.mirrors]}
+
+
 def _action(action: Any) -> Any:
     if action.kind == "forward":
         return {"forward": [{"cluster": d.cluster, "weight": d.weight} for d in action.destinations.destinations]}
@@ -82,6 +91,9 @@ def _cluster(c: ClusterConfig) -> dict[str, Any]:
         "load_balancer": repr(c.balancer) if c.balancer is not None else None,
         "circuit_breaker": {"max_connections": cfg.max_connections, "max_pending_requests": cfg.max_pending_requests,
                             "max_requests": cfg.max_requests, "max_retries": cfg.max_retries},
+        "max_requests_per_connection": cfg.max_requests_per_connection,
+        "outlier_detection": repr(c.outlier.config) if c.outlier is not None else None,
+        "locality_lb": repr(c.picker.locality) if c.picker.locality is not None else None,
         "connect_timeout": c.timeouts.connect_timeout, "idle_timeout": c.timeouts.idle_timeout,
         "endpoints": [{"address": h.key, "via": h.endpoint.authority, "tls": h.endpoint.tls, "weight": h.weight,
                        "locality": h.locality, "healthy": h.endpoint.endpoint.healthy} for h in c.hosts],
@@ -96,11 +108,22 @@ def clusters_json(proxy: Proxy) -> dict[str, Any]:
             t = h.endpoint
             pool = proxy.pool.stats.get(t.pool_key)
             hosts.append({"address": h.key, "via": t.authority, "healthy": t.endpoint.healthy, "weight": h.weight,
-                          "locality": h.locality, "stats": {**t.stats.as_dict(),
-                                                            "cx_active": pool.cx_active if pool else 0,
-                                                            "cx_total": pool.cx_total if pool else 0}})
-        out.append({"name": c.name, "hosts": hosts})
+                          "locality": h.locality, "health_flags": health_flags(c, h),
+                          "stats": {**t.stats.as_dict(), "cx_active": pool.cx_active if pool else 0,
+                                    "cx_total": pool.cx_total if pool else 0}})
+        entry: dict[str, Any] = {"name": c.name, "hosts": hosts, "circuit_breakers": c.breaker.stats}
+        if c.outlier is not None:
+            entry["outlier_detection"] = c.outlier.stats
+        out.append(entry)
     return {"cluster_statuses": out}
+
+
+def health_flags(c: ClusterConfig, h: Any) -> str:
+    """Envoy's ``health_flags``: ``/failed_eds_health`` (registry), ``/failed_outlier_check``
+    (ejected by outlier detection), else ``healthy``."""
+    if not h.endpoint.endpoint.healthy:
+        return "/failed_eds_health"
+    return c.picker.health_flags(h.key) or "healthy"
 
 
 def clusters_text(proxy: Proxy) -> str:
@@ -120,8 +143,10 @@ def clusters_text(proxy: Proxy) -> str:
                 lines.append(f"{c.name}::{h.key}::{key}::{value}")
             lines.append(f"{c.name}::{h.key}::weight::{h.weight}")
             lines.append(f"{c.name}::{h.key}::locality::{h.locality}")
-            lines.append(f"{c.name}::{h.key}::health_flags::"
-                         f"{'healthy' if t.endpoint.healthy else '/failed_eds_health'}")
+            lines.append(f"{c.name}::{h.key}::health_flags::{health_flags(c, h)}")
+        if c.outlier is not None:
+            for key, value in c.outlier.stats.items():
+                lines.append(f"{c.name}::outlier::{key}::{value}")
     return "\n".join(lines) + "\n"
 
 

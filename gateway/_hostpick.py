@@ -18,7 +18,10 @@ them; ``/clusters`` reads ``health_flags``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from ._balancer import NO_CONTEXT, Balancer, Host, PickContext
 from ._outlier import OutlierAction, OutlierDetector, OutlierEvent
@@ -131,3 +134,24 @@ class HostPicker:
         hosts = len(self.balancer.hosts) if self.balancer is not None else 0
         kind = "locality" if self.locality is not None else "balancer"
         return f"<HostPicker {self.name} {kind} [{hosts - len(self.ejected)} healthy, {len(self.ejected)} ejected]>"
+
+
+async def sweep_outliers(clusters: Callable[[], Sequence[Any]], *, task_status: Any = trio.TASK_STATUS_IGNORED,
+                         recheck: float = 1.0) -> None:
+    """The proxy's one outlier timer: sweep each cluster's detector when its interval is
+    due (``clusters()`` is read again every time, so a new snapshot's clusters take over
+    within ``recheck`` seconds)."""
+    task_status.started()
+    while True:
+        now = trio.current_time()
+        wake = now + recheck
+        for cluster in clusters():
+            picker: HostPicker = cluster.picker
+            due = picker.next_sweep
+            if due is None:
+                continue
+            if due <= now:
+                picker.sweep(now)
+                due = picker.next_sweep or wake
+            wake = min(wake, due)
+        await trio.sleep_until(wake)

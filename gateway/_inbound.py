@@ -38,6 +38,8 @@ from ._downstream import RECV_SIZE, Downstream, DownstreamGone, serve_http1
 from ._exchange import Exchange, ResponseAborted, forward, forward_upgrade, request_headers
 from ._tunnel import close_gracefully, split_authority
 from ._proxy_stats import TlsRefusal
+from ._ratelimit import Limited
+from ._ratelimits import take_all
 from ._rescue import ProxyError, rescue
 from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_outbound_sni, sniff_server_name
 from ._tcpsplice import splice
@@ -116,6 +118,15 @@ class Caller:
     """Verified SPIFFE ID of an mTLS caller."""
     xfcc: bytes | None = None
     """Our XFCC element for this caller, built once."""
+
+
+def inbound_rate_limit(snap: Snapshot, proxy: Proxy) -> list[tuple[bytes, bytes]] | None:
+    """Take a token from the workload's ``RateLimit`` buckets; the 429's headers when refused."""
+    got = take_all(snap.ratelimits.inbound, trio.current_time())
+    if got is None or type(got) is not Limited:
+        return None
+    proxy.metrics.stat("meshfed_ratelimit_limited_total").labels("inbound").inc()
+    return [(n.encode(), v.encode()) for n, v in got.headers.items()]
 
 
 class InboundListener:
@@ -281,6 +292,11 @@ class InboundListener:
                     log.debug("inbound %s %s denied: %s", req.method, req.target[:200], d.reason)
                     self.proxy.report.inbound_http(caller.peer, port, DENIED_STATUS, "-", started)
                     return await down.local_reply(DENIED_STATUS, DENIED_BODY)
+            if snap.ratelimits.inbound:  # identity -> authorization -> rate limit -> app
+                limited = inbound_rate_limit(snap, self.proxy)
+                if limited is not None:
+                    self.proxy.report.inbound_http(caller.peer, port, 429, "RL", started)
+                    return await down.local_reply(429, b"local_rate_limited", limited)
             if down.codec.they_are_waiting_for_100_continue:
                 await down.send_bytes(down.codec.send(_CONTINUE))
             headers, has_body, upgrade = request_headers(req.headers, host)

@@ -36,6 +36,7 @@ from ._exchange import ResponseAborted, apply_ops, request_headers
 from ._fault import MILLION
 from ._flags import ResponseFlag
 from ._match import RouteRequest
+from ._outbound_request import LazyHeaders, split_target
 from ._ratelimit import Limited
 from ._ratelimits import take_all
 from ._replay import RequestBody
@@ -110,8 +111,6 @@ class RouteLayer(Layer):
     """Route match; redirects and direct responses answered here."""
 
     async def handle(self, x: OutboundRequest) -> None:
-        from ._outbound import LazyHeaders, split_target  # the listener module owns request-target parsing
-
         req, down = x.req, x.down
         x.authority, x.path_q = authority, path_q = split_target(req.target, req.headers)
         if down.codec.they_are_waiting_for_100_continue:

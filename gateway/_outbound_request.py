@@ -10,14 +10,17 @@ reports at the end.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._exchange import Exchange
 from ._flags import ResponseFlag, format_flags
+from ._match import join_headers
+from ._rescue import DownstreamProtocolError
 from ._route_policy import DEFAULT_ROUTE_CONFIG, RouteConfig
 
 if TYPE_CHECKING:
@@ -122,3 +125,68 @@ class OutboundRequest:
         cluster = self.cluster.name if self.cluster is not None else "-"
         return (f"<OutboundRequest {self.req.method.decode()} {self.req.target[:80]!r} route={route} "
                 f"cluster={cluster} status={self.state.status} attempts={self.attempts} flags={self.flag_string}>")
+
+
+class LazyHeaders(Mapping[str, str]):
+    """Request headers as routing reads them (lower-case str names, repeated values joined
+    with ``,``), decoded only if a route condition asks for a header."""
+
+    __slots__ = ("_pairs", "_map")
+
+    def __init__(self, pairs: object) -> None:
+        self._pairs = pairs
+        self._map: dict[str, str] | None = None
+
+    def _get(self) -> dict[str, str]:
+        m = self._map
+        if m is None:
+            m = self._map = join_headers((n.decode("latin-1"), v.decode("latin-1"))
+                                         for n, v in self._pairs)  # type: ignore[attr-defined]
+        return m
+
+    def __getitem__(self, key: str) -> str:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return self._get().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._get()
+
+
+def split_target(target: bytes, headers: object) -> tuple[bytes, bytes]:
+    """(authority, path-and-query) of an absolute-form or origin-form request target."""
+    if target[:7].lower() == b"http://":
+        rest = target[7:]
+        cut = len(rest)
+        for sep in (b"/", b"?"):
+            i = rest.find(sep)
+            if 0 <= i < cut:
+                cut = i
+        authority, path = rest[:cut], rest[cut:]
+        if not path.startswith(b"/"):
+            path = b"/" + path
+        if not authority:
+            raise DownstreamProtocolError(f"request target {target!r} names no host")
+        return authority, path
+    if target.startswith(b"/"):
+        for name, value in headers:  # type: ignore[attr-defined]
+            if name == b"host":
+                return value, target
+        raise DownstreamProtocolError("origin-form request without a Host header")
+    raise DownstreamProtocolError(f"request target {target[:200]!r} is neither absolute-form http:// nor origin-form")
+
+
+def request_id() -> bytes:
+    """A random UUID (version 4) for ``x-request-id``, as Envoy makes one."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex().encode()
+    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])

@@ -36,8 +36,11 @@ from ._reporting import Reporting
 from ._config import ProxyConfig, parse_hostport
 from ._downstream import IdleWatch
 from ._fastio import FastSocketStream, listen, serve_socket
+from ._hostpick import sweep_outliers
 from ._inbound import InboundListener
+from ._mirror import Mirrors
 from ._outbound import OutboundHttp
+from ._telemetry import Telemetry
 from ._tunnel import open_to_cluster, serve_tcp_listener
 from ._snapshot import H1_ALPN, ClusterConfig, Snapshot, StatsStore, compile_snapshot
 from ._upstream import UpstreamConnection, UpstreamPool
@@ -64,7 +67,8 @@ class Proxy:
         self.stats = StatsStore()
         self.registry = CollectorRegistry()
         self.metrics = ProxyMetrics(self.registry)
-        self.report = Reporting(self.metrics)
+        self.telemetry = Telemetry(self.metrics)
+        self.report = Reporting(self.metrics, self.telemetry)
         self.server_mtls: MtlsContexts | None = None
         self.client_mtls: MtlsContexts | None = None
         self._tls_fingerprint: bytes | None = None
@@ -77,6 +81,7 @@ class Proxy:
         self._nursery: trio.Nursery | None = None
         self.pool = UpstreamPool(lambda: self.client_mtls)
         self.idle = IdleWatch(self._idle_timeout)
+        self.mirrors = Mirrors(self)
         diagnostics = self.apply(config)
         if self._snapshot is None:
             raise ProxyConfigError(diagnostics)
@@ -103,7 +108,7 @@ class Proxy:
     def apply(self, config: ProxyConfig) -> list[Diagnostic]:
         """Compile ``config`` and make it current; on any error keep the current one.
         Returns every diagnostic (warnings included)."""
-        snap, diagnostics = compile_snapshot(config, stats=self.stats)
+        snap, diagnostics = compile_snapshot(config, stats=self.stats, outlier_sink=self.telemetry)
         if snap is not None and snap.tls is not None and snap.tls.fingerprint != self._tls_fingerprint:
             try:
                 server = MtlsContexts(snap.tls.svid, snap.tls.bundles)
@@ -131,6 +136,7 @@ class Proxy:
         self.pool.limits = snap.limits
         self._snapshot = snap
         self.report.configure(snap)
+        self.telemetry.configure(snap)
         self.metrics.record_config(applied=True)
         self.applied += 1
         log.info("config version %s applied (%d clusters)", snap.version, len(snap.clusters))
@@ -146,6 +152,8 @@ class Proxy:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
                 await nursery.start(self.idle.run)
+                await nursery.start(self.telemetry.run)
+                await nursery.start(sweep_outliers, lambda: self.snapshot.outlier_clusters)
                 for key in self._wanted():
                     await nursery.start(self._listen, key, True)
                 self._nursery = nursery
@@ -159,6 +167,11 @@ class Proxy:
     def stop(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """The nursery of ``run`` (None when not running): background work such as mirror copies."""
+        return self._nursery
 
     def _wanted(self) -> list[ListenerKey]:
         ls = self.snapshot.config.spec.listeners

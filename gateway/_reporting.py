@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._accesslog import AccessLogEntry
 from ._metrics import HttpSeries, ProxyMetrics, TcpSeries
 from ._metrics_labels import UNKNOWN, RequestLabels, Service, Workload
 
 if TYPE_CHECKING:
+    from ._outbound_request import OutboundRequest
     from ._snapshot import ClusterConfig, Snapshot
     from ._tcpsplice import SpliceResult
+    from ._telemetry import Telemetry
 
 
 def _workload_name(instance: str) -> str:
@@ -28,10 +31,12 @@ def _workload_name(instance: str) -> str:
 
 
 class Reporting:
-    """Istio metrics of one proxy, keyed and cached as the module docstring says."""
+    """Istio metrics of one proxy, keyed and cached as the module docstring says; with a
+    ``Telemetry``, also its access log lines and trace spans."""
 
-    def __init__(self, metrics: ProxyMetrics) -> None:
+    def __init__(self, metrics: ProxyMetrics, telemetry: Telemetry | None = None) -> None:
         self.metrics = metrics
+        self.telemetry = telemetry
         self._local = Workload()
         self._snap: Snapshot | None = None
         self._out: dict[tuple, HttpSeries | TcpSeries] = {}
@@ -69,6 +74,25 @@ class Reporting:
         self._outbound_series(cluster, target, peer, False).record(
             code=status, duration_ms=(trio.current_time() - started) * 1000.0, request_bytes=request_bytes,
             response_bytes=response_bytes, flags=flags)
+
+    def outbound_request(self, x: OutboundRequest) -> None:
+        """One finished outbound HTTP request: its metrics, access log line and span."""
+        state = x.state
+        flags = x.flag_string
+        self.outbound_http(x.cluster, x.target, state.peer, state.status, flags, x.started, state.bytes_in,
+                           state.bytes_out)
+        telemetry = self.telemetry
+        if telemetry is None:
+            return
+        if telemetry.access_log.enabled:
+            telemetry.access_log.log(access_log_entry(x, flags))
+        hop = x.hop
+        if hop is not None and hop.sampled:
+            hop.finish(status=state.status, method=x.req.method.decode("latin-1"),
+                       url=f"http://{x.authority.decode('latin-1')}{x.path_q.decode('latin-1')}", protocol="HTTP/1.1",
+                       flags=flags, upstream_cluster=x.cluster.name if x.cluster is not None else "",
+                       peer=x.target.authority if x.target is not None else "", request_size=state.bytes_in,
+                       response_size=state.bytes_out)
 
     def outbound_tcp(self, cluster: ClusterConfig | None, target: Any, peer: str, flags: str,
                      result: SpliceResult | None = None) -> None:
@@ -108,3 +132,27 @@ class Reporting:
         if result is not None:
             series.transferred(sent=result.received, received=result.sent, flags=flags)
         series.closed(flags)
+
+
+def access_log_entry(x: OutboundRequest, flags: str) -> AccessLogEntry:
+    """The access log line of one outbound request (Istio's JSON keys, Envoy's values)."""
+    state = x.state
+    user_agent = forwarded = None
+    for name, value in x.req.headers:
+        if name == b"user-agent":
+            user_agent = value.decode("latin-1")
+        elif name == b"x-forwarded-for":
+            forwarded = value.decode("latin-1")
+    request_id = x.hop.request_id.decode("latin-1") if x.hop is not None else None
+    details = x.details or ("via_upstream" if state.head_sent else None)
+    return AccessLogEntry(
+        start_time=x.wall_start, route_name=x.route.name if x.route is not None else None,
+        method=x.req.method.decode("latin-1"), path=x.path_q.decode("latin-1") or None, protocol="HTTP/1.1",
+        response_code=state.status, response_flags=flags, response_code_details=details,
+        bytes_received=state.bytes_in, bytes_sent=state.bytes_out,
+        duration=int((trio.current_time() - x.started) * 1000), x_forwarded_for=forwarded, user_agent=user_agent,
+        request_id=request_id, authority=x.authority.decode("latin-1") or None,
+        upstream_host=x.target.authority if x.target is not None else None,
+        upstream_cluster=x.cluster.name if x.cluster is not None else None,
+        downstream_remote_address=f"{x.down.remote_ip}:{x.down.remote_port}" if x.down.remote_ip else None,
+        upstream_peer_uri_san=state.peer or None)

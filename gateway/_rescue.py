@@ -22,6 +22,11 @@ bad request            4xx     DPE   the status phrase (``Bad Request``)
 
 A reply can only be sent while no response head has gone downstream; after that the
 caller resets the downstream connection instead (Envoy's behaviour too).
+
+A gRPC call gets the same reply as HTTP 200 with a ``grpc-status`` (``grpc_status_for``):
+the mapping of grpc/grpc doc/http-grpc-status-mapping.md that Envoy's
+``Grpc::Utility::httpToGrpcStatus`` applies, except that a timeout (504) is
+DEADLINE_EXCEEDED - the caller's deadline, not an unavailable server.
 """
 
 from __future__ import annotations
@@ -132,6 +137,16 @@ def rescue(error: BaseException) -> LocalReply:
         if isinstance(error, kind):
             return reply
     return LocalReply(500, None, b"")
+
+
+# HTTP status of a local reply -> gRPC status (module docstring).
+GRPC_STATUS_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 4}
+GRPC_UNKNOWN = 2
+
+
+def grpc_status_for(http_status: int) -> int:
+    """The gRPC status a local reply of ``http_status`` carries to a gRPC caller."""
+    return GRPC_STATUS_FOR_HTTP.get(http_status, GRPC_UNKNOWN)
 
 
 def _phrase(status: int, flag: ResponseFlag) -> LocalReply:

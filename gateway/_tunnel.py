@@ -108,13 +108,13 @@ async def serve_tcp_listener(proxy: Proxy, stream: FastSocketStream, host: str, 
 
 async def open_to_cluster(proxy: Proxy, cluster: ClusterConfig) -> UpstreamConnection:
     """A new (unpooled) connection to a host of ``cluster``, trying other hosts on failure."""
-    balancer = cluster.balancer
-    if balancer is None:
+    picker = cluster.picker  # the balancer, without the hosts outlier detection ejected
+    if cluster.balancer is None:
         raise NoHealthyUpstreamError(cluster.name)
     ctx = PickContext()
     last: UpstreamConnectError | None = None
     for _ in range(CONNECT_ATTEMPTS):
-        host = balancer.pick(ctx)
+        host = picker.pick(ctx)
         if host is None:
             break
         target = host.endpoint

@@ -3,6 +3,7 @@ output, configs and the verdict table. No load is generated here; the benchmark 
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -62,14 +63,11 @@ def test_schedstat_gives_time_on_cpu_and_time_waiting_for_one() -> None:
     assert _procstat.parse_schedstat("1849391838 3114912 41\n") == (1849391838, 3114912)
 
 
-
 def test_autogroup_nice_is_the_last_field() -> None:
     assert _procstat.parse_autogroup_nice("/autogroup-18 nice -10\n") == -10
 
 
 def test_the_readers_work_on_this_process() -> None:
-    import os
-
     assert _procstat.cpu_seconds(os.getpid()) > 0
     assert 1 < _procstat.rss_mb(os.getpid()) < 4096
     assert _procstat.runqueue_wait_seconds(os.getpid()) >= 0

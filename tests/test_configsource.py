@@ -222,3 +222,40 @@ async def test_run_notifies_listeners_and_analyzes_after_a_quiet_delay(
         await trio.sleep(0.15)
         assert isinstance(seen[-1], ConfigRefusal)
         nursery.cancel_scope.cancel()
+
+
+ENTRIES = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews-extra, namespace: bookinfo}}
+spec:
+  hosts: [reviews.bookinfo.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}, {{number: 9443, name: https, protocol: HTTPS}}]
+  endpoints: [{{address: {address}, network: west}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: by-label, namespace: bookinfo}}
+spec:
+  hosts: [by-label.example.com]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 9080}}]
+  workloadSelector: {{labels: {{app: reviews}}}}
+"""
+
+
+@pytest.mark.parametrize("address", ["10.1.0.1", "10.1.0.2"])
+def test_service_entry_change_merges_into_the_kept_workload_registry_as_build_registry_does(
+        tree: Path, address: str) -> None:
+    from topology import build_registry, load_paths
+    src = source(tree)
+    first = src.poll()
+    write(tree / "entries.yaml", ENTRIES.format(address=address))
+    version = src.poll()
+    assert isinstance(first, ConfigVersion) and isinstance(version, ConfigVersion)
+    assert version.placements is first.placements
+    assert version.registry.services == build_registry(load_paths([tree])).services
+    assert [len(s.endpoints) for s in version.registry.services] == [1, 3]

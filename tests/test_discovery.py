@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -318,3 +319,40 @@ async def test_a_proxy_that_goes_away_is_shown_disconnected(running: ControlPlan
     scope.cancel()
     await until(running.discovery.wait_until, lambda: state(running, "echo-0")["connected"] is False)
     assert running.metrics.value("pilot_xds") == 0 and state(running, "echo-0")["ackedVersion"] == "1"
+
+
+async def test_malformed_requests_get_4xx_and_leave_the_connection_usable(running: ControlPlane, pki: MeshPki,
+                                                                          nursery: trio.Nursery) -> None:
+    assert running.discovery_address is not None
+    contexts = MtlsContexts(pki.svid(TD, "demo", "echo"), pki.bundles())
+    stream, _ = await contexts.connect(await trio.open_tcp_stream(*running.discovery_address))
+    channel = H2Channel(stream, ping_interval=None)
+    await nursery.start(channel.run)
+    cases = [
+        ("/v1/subscribe", b"{", 400, "node identity: not JSON: Expecting property name enclosed in double quotes: "
+                                    "line 1 column 2 (char 1)"),
+        ("/v1/subscribe", b'{"cluster": "east"}', 400, "node identity: missing field 'namespace'"),
+        ("/v1/ack", b'{"version": 1, "nonce": "x", "ok": true}', 409,
+         "no subscription on this connection: POST /v1/subscribe first"),
+        ("/v1/ack", b'{"version": "1", "nonce": "x", "ok": true}', 400, "ack: field 'version' has the wrong type; "
+                                                                       "found '1'"),
+        ("/v2/other", b"{}", 404, "no such path '/v2/other'"),
+    ]
+    for path, body, status, message in cases:
+        got, answer = await channel.request("POST", path, body)
+        assert (got, json.loads(answer)["error"]) == (status, message)
+    await channel.aclose()
+
+
+async def test_proxy_waits_for_a_first_valid_config(pki: MeshPki, tree: Path, nursery: trio.Nursery) -> None:
+    (tree / "policy.yaml").write_text(POLICY.replace("action: ALLOW", "action: PERMIT"))
+    cp = control_plane(pki, tree)
+    await nursery.start(cp.run)
+    assert cp.status()["config"]["version"] is None and cp.status()["config"]["lastRefusal"] is not None
+    proxy = Proxy(pki, cp, ECHO)
+    nursery.start_soon(proxy.client.run)
+    await until(proxy.client.wait_until, lambda: proxy.client.connected)
+    assert proxy.client.version is None
+    (tree / "policy.yaml").write_text(POLICY)
+    await until(proxy.client.wait_until, lambda: proxy.client.version == "1")
+    assert '"allow-demo"' in proxy.applied[0]
