@@ -11,6 +11,7 @@ the proxy with port 0.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ from topology import Diagnostic
 
 log = logging.getLogger("meshfed.fedctl.proxy")
 POLL_SECONDS = 1.0
+GC_GEN0_THRESHOLD = 20_000
+"""Allocations between young-generation collections (CPython's default is 700)."""
 
 
 def register(sub: Any) -> None:
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except ProxyConfigError as exc:
         _print_diagnostics([d for d in exc.diagnostics if d not in diagnostics])
         return 1
+    settle_heap()
     try:
         return trio.run(_serve, proxy, args.config)
     except KeyboardInterrupt:
@@ -74,6 +78,20 @@ def run(args: argparse.Namespace) -> int:
         for err in found:
             print(f"fedctl proxy: error: {err}", file=sys.stderr)
         return 1
+
+
+def settle_heap() -> None:
+    """Take everything built at start-up (modules, the compiled config) out of the cyclic
+    collector's sight and make young collections rarer.
+
+    A proxy allocates a few hundred short-lived objects per request; with CPython's
+    default threshold a collection runs every few requests, and each older-generation
+    pass walks every object the imports and the config made - a pause of milliseconds
+    that lands in p99. Frozen objects are never scanned; the larger threshold keeps the
+    young generation's passes to a few per second at 1000 rps."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _gateway_errors(exc: BaseException) -> list[GatewayError] | None:

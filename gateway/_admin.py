@@ -96,7 +96,9 @@ def _cluster(c: ClusterConfig) -> dict[str, Any]:
         "locality_lb": repr(c.picker.locality) if c.picker.locality is not None else None,
         "connect_timeout": c.timeouts.connect_timeout, "idle_timeout": c.timeouts.idle_timeout,
         "endpoints": [{"address": h.key, "via": h.endpoint.authority, "tls": h.endpoint.tls, "weight": h.weight,
-                       "locality": h.locality, "healthy": h.endpoint.endpoint.healthy} for h in c.hosts],
+                       "locality": h.locality, "priority": c.priority_of(h.key),
+                       "gateway": h.endpoint.endpoint.gateway, "healthy": h.endpoint.endpoint.healthy}
+                      for h in c.hosts],
     }
 
 
@@ -108,7 +110,8 @@ def clusters_json(proxy: Proxy) -> dict[str, Any]:
             t = h.endpoint
             pool = proxy.pool.stats.get(t.pool_key)
             hosts.append({"address": h.key, "via": t.authority, "healthy": t.endpoint.healthy, "weight": h.weight,
-                          "locality": h.locality, "health_flags": health_flags(c, h),
+                          "locality": h.locality, "priority": c.priority_of(h.key), "gateway": t.endpoint.gateway,
+                          "health_flags": health_flags(c, h),
                           "stats": {**t.stats.as_dict(), "cx_active": pool.cx_active if pool else 0,
                                     "cx_total": pool.cx_total if pool else 0}})
         entry: dict[str, Any] = {"name": c.name, "hosts": hosts, "circuit_breakers": c.breaker.stats}
@@ -143,6 +146,9 @@ def clusters_text(proxy: Proxy) -> str:
                 lines.append(f"{c.name}::{h.key}::{key}::{value}")
             lines.append(f"{c.name}::{h.key}::weight::{h.weight}")
             lines.append(f"{c.name}::{h.key}::locality::{h.locality}")
+            lines.append(f"{c.name}::{h.key}::priority::{c.priority_of(h.key)}")
+            if t.endpoint.gateway is not None:
+                lines.append(f"{c.name}::{h.key}::gateway::{t.endpoint.gateway}")
             lines.append(f"{c.name}::{h.key}::health_flags::{health_flags(c, h)}")
         if c.outlier is not None:
             for key, value in c.outlier.stats.items():

@@ -20,6 +20,7 @@ downstream with flag ``URX``.
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ import trio
 from ._breaker import Overflow, Resource
 from ._events import Response
 from ._exchange import ResponseAborted, RetryableResponse, forward_attempt, forward_upgrade
+from ._h2forward import forward_attempt_h2, needs_h2_relay
 from ._layers import Layer
 from ._balancer import NO_CONTEXT, PickContext
 from ._outlier_config import OutlierResult
@@ -105,19 +107,30 @@ class RetryLayer(Layer):
         if policy.attempts <= 0 or x.upgrade or cluster is None:
             await self.inner.handle(x)
             return
-        rs = RetryState(policy, self.rng, cluster.breaker if cluster.limits_retries else None)
-        names = _RETRY_HEADERS | {h.lower().encode("latin-1") for h in policy.retriable_headers}
+        names = _header_names(policy.retriable_headers)
+        codes = policy.retriable_status_codes
+        rs: RetryState | None = None  # made at the first decision: most requests never need one
 
-        def sync() -> None:
+        def sync() -> RetryState:
+            nonlocal rs
+            if rs is None:
+                rs = RetryState(policy, self.rng, cluster.breaker if cluster.limits_retries else None)
             host = x.host
             while rs.attempts < x.attempts and host is not None:
                 rs.record_attempt(host.key, host.locality)
-            rs.body_bytes = x.body.size if x.body is not None else 0
+            body = x.body
+            if body is not None:
+                rs.body_bytes = body.size
+                rs.body_dropped = not body.replayable
+            return rs
 
         def accept(response: Response) -> None:
-            sync()
+            status = response.status
+            if (rs is None and status < 500 and status != 409 and status not in codes
+                    and not any(p[0] in names for p in response.headers)):
+                return  # no retryOn condition can match (``_retry.classify``): nothing to decide
             headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in response.headers if n in names}
-            decision = rs.should_retry(AttemptResult.response(response.status, headers))
+            decision = sync().should_retry(AttemptResult.response(status, headers))
             if decision.retry:
                 raise RetryableResponse(response.status, decision)
             if decision.flag is not None:
@@ -134,20 +147,26 @@ class RetryLayer(Layer):
                 except (UpstreamConnectError, UpstreamResetError, UpstreamProtocolError, UpstreamTimeoutError) as exc:
                     if x.state.head_sent or x.attempts == 0:
                         raise
-                    sync()
-                    decision = rs.should_retry(AttemptResult.failure(_outcome(exc)))
+                    decision = sync().should_retry(AttemptResult.failure(_outcome(exc)))
                     if not decision.retry:
                         if decision.flag is not None:
                             x.flags.append(decision.flag)
                         raise
                 self.proxy.metrics.stat("meshfed_upstream_rq_retry_total").labels(cluster.name).inc()
-                x.exclude = rs.excluded_hosts
+                x.exclude = sync().excluded_hosts
                 x.new_attempt()
                 if decision.backoff:
                     await trio.sleep(decision.backoff)
         finally:
-            rs.close()
+            if rs is not None:
+                rs.close()
             x.accept = None
+
+
+@functools.lru_cache(maxsize=64)
+def _header_names(retriable: tuple[str, ...]) -> frozenset[bytes]:
+    """Response header names a retry decision reads: computed once per policy, not per request."""
+    return _RETRY_HEADERS | {h.lower().encode("latin-1") for h in retriable}
 
 
 def _outcome(exc: Exception) -> AttemptOutcome:
@@ -267,6 +286,9 @@ class EndpointLayer(Layer):
     async def handle(self, x: OutboundRequest) -> None:
         target, cluster, dest = x.target, x.cluster, x.dest
         assert target is not None and cluster is not None and dest is not None and x.head is not None
+        if needs_h2_relay(x):  # HTTP/2 at either end (_h2forward)
+            await forward_attempt_h2(x, self.proxy)
+            return
         timeouts = cluster.timeouts
         if x.upgrade:  # WebSocket: a connection of its own, a tunnel after 101
             conn = await open_connection(target.pool_key, self.proxy.client_mtls if target.tls else None,

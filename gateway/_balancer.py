@@ -90,6 +90,10 @@ class Host:
     """Labels that DestinationRule subsets select on."""
     endpoint: Any = field(default=None, compare=False, repr=False)
     """Whatever the caller connects to (the registry ``Endpoint``); not looked at here."""
+    members: int = 1
+    """Endpoints this host stands for: 1, or for an east-west gateway entry the healthy
+    endpoints behind it. The locality layer counts health in members, so a gateway
+    entry ejected by outlier detection takes its whole weight out of its priority."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, Labels):
@@ -112,9 +116,13 @@ class PickContext:
     exclude: frozenset[str] = frozenset()
     """Keys of hosts to avoid (earlier attempts of a retried request), honoured while
     another host exists."""
+    other_priorities: bool = False
+    """Istio's ``retryRemoteLocalities``: the locality layer also avoids the priorities of
+    the ``exclude`` hosts while another priority has healthy hosts (Envoy's
+    ``previous_priorities``). Plain balancers ignore it."""
 
     def excluding(self, key: str) -> PickContext:
-        return PickContext(self.hash, self.exclude | {key})
+        return PickContext(self.hash, self.exclude | {key}, self.other_priorities)
 
 
 NO_CONTEXT = PickContext()

@@ -140,6 +140,12 @@ class ClusterConfig:
     def outlier(self) -> OutlierDetector | None:
         return self.picker.outlier
 
+    def priority_of(self, key: str) -> int:
+        """The locality priority of host ``key`` (0 without locality load balancing)."""
+        locality = self.picker.locality
+        found = locality.priority_of(key) if locality is not None else None
+        return found or 0
+
     @property
     def is_http(self) -> bool:
         return self.protocol in HTTP_PROTOCOLS
@@ -153,7 +159,9 @@ class ClusterConfig:
 
 
 def _serves(e: EndpointSpec, port: int, target_port: int) -> bool:
-    return e.service_port == port if e.service_port else e.port == target_port
+    if e.service_port:
+        return e.service_port == port
+    return e.gateway is not None or e.port == target_port  # a gateway entry: every port (see EndpointSpec)
 
 
 def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: str, drs: list[Resource],
@@ -166,6 +174,7 @@ def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: st
     dr: DestinationRule | None = dr_res.spec if dr_res is not None else None
     dr_key = f"{dr_res.namespace}/{dr_res.name}" if dr_res is not None else ""
     endpoints = [e for e in svc.endpoints if _serves(e, port, target_port)]
+    keys = host_keys(endpoints)
     subsets: list[tuple[str, Mapping[str, str], TrafficPolicy | None]] = [("", {}, None)]
     if dr is not None:
         subsets += [(s.name, s.labels, s.traffic_policy) for s in dr.subsets]
@@ -177,9 +186,9 @@ def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: st
         tls_mode = _at_port(rule_policy, subset_policy, port, "tls")
         plaintext = tls_mode is not None and tls_mode.mode is ClientTLSMode.DISABLE
         hosts = []
-        for e in endpoints:
-            target = _target(e, sni, plaintext, stats.host(name, _key(e)))
-            hosts.append(Host(_key(e), e.weight, e.locality, e.labels, target))
+        for e, key in zip(endpoints, keys):
+            target = _target(e, sni, plaintext, stats.host(name, key))
+            hosts.append(Host(key, e.weight, e.locality, e.labels, target, e.weight if e.gateway is not None else 1))
         chosen = subset_hosts(hosts, labels) if subset else tuple(hosts)
         healthy = [h for h in chosen if h.endpoint.endpoint.healthy]
         lb = load_balancer_for(rule_policy, port, subset_policy)
@@ -221,6 +230,33 @@ def _picker(name: str, healthy: list[Host], balancer: Balancer[Host] | None, lb:
 
 def _key(e: EndpointSpec) -> str:
     return f"[{e.address}]:{e.port}" if ":" in e.address else f"{e.address}:{e.port}"
+
+
+def host_keys(endpoints: list[EndpointSpec]) -> list[str]:
+    """A distinct balancer key per endpoint: ``ip:port``; for an entry standing for a
+    group of endpoints behind an east-west gateway (its address is the gateway's),
+    ``<gateway>@<cluster>/<locality>`` plus its labels and service account, as several
+    groups share the gateway's address. A repeated key gets ``#2``, ``#3``."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for e in endpoints:
+        key = _key(e)
+        if e.gateway is not None and key == _key_of(e.gateway):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(e.labels.items()))
+            key = (f"{e.gateway}@{e.cluster}/{e.locality}" + (f"{{{labels}}}" if labels else "")
+                   + (f"/sa={e.service_account}" if e.service_account else ""))
+        base, n = key, 1
+        while key in seen:
+            n += 1
+            key = f"{base}#{n}"
+        seen.add(key)
+        out.append(key)
+    return out
+
+
+def _key_of(hostport: str) -> str:
+    host, port = parse_hostport(hostport)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _target(e: EndpointSpec, sni: str, plaintext: bool, stats: HostStats) -> UpstreamTarget:

@@ -50,8 +50,15 @@ is the user's description of the format.
 An endpoint behind a sidecar is reached at ``address:proxyPort`` (the remote sidecar's
 inbound listener, 15006) over mTLS, with SNI ``outbound_.<port>_.<subset>_.<fqdn>`` telling
 that sidecar which app port is meant; ``proxyPort: 0`` means a plain endpoint reached at
-``address:port`` directly. An endpoint in another network carries ``gateway``: the
-east-west gateway ``host:port`` it is reached through.
+``address:port`` directly. Endpoints in another network are one entry per (remote
+cluster, locality, label set) whose ``address``/``port`` and ``gateway`` are that network's
+east-west gateway and whose ``weight`` is the number of healthy endpoints behind it.
+
+An east-west gateway's document has ``node.role: eastwest``, ``listeners.eastwest``
+(15443) and ``admin`` only, no ``tls`` (it holds no workload key), its own cluster's
+services with their local endpoints, ``exported: true`` on those other networks may
+reach, the DestinationRules that define subsets in ``resources``, and its connection
+limits in ``eastwest`` (``EastWestSpec``).
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ from ._limits import HttpLimits
 API_VERSION = "meshfed.io/v1alpha1"
 KIND = "ProxyConfig"
 INBOUND_PORT = 15006
+EASTWEST_PORT = 15443
+ROLES = ("sidecar", "eastwest")
+"""``spec.node.role``: a sidecar beside a workload, or a network's east-west gateway."""
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -115,6 +125,13 @@ class NodeSpec:
     trust_domain_aliases: tuple[str, ...] = ()
     root_namespace: str = "istio-system"
     """Namespace whose policies apply mesh-wide (Istio's rootNamespace)."""
+    role: str = "sidecar"
+    """``sidecar`` (outbound + inbound beside one workload) or ``eastwest`` (the network's
+    SNI passthrough gateway: ``listeners.eastwest`` and ``admin`` only). Defaults to sidecar."""
+
+    def _check(self, c: Check) -> None:
+        if self.role not in ROLES:
+            c.error("role", f"must be one of {', '.join(ROLES)}; found {self.role!r}")
 
     @property
     def spiffe_id(self) -> str:
@@ -131,9 +148,11 @@ class ListenersSpec:
     """``/ready``, ``/metrics``, ``/config_dump``, ``/clusters``; Istio's 15000."""
     tcp: tuple["TcpListenerSpec", ...] = ()
     """Per-port outbound listeners for TCP services (no HTTP proxy protocol to name them)."""
+    eastwest: str | None = None
+    """SNI passthrough listener of an east-west gateway (``role: eastwest``); Istio's 15443."""
 
     def _check(self, c: Check) -> None:
-        for rel in ("outbound", "inbound", "admin"):
+        for rel in ("outbound", "inbound", "admin", "eastwest"):
             _check_hostport(c, rel, getattr(self, rel))
 
 
@@ -195,7 +214,9 @@ class EndpointSpec:
     proxy_port: int = INBOUND_PORT
     """The sidecar inbound port at ``address``; 0 when the endpoint has no sidecar."""
     gateway: str | None = None
-    """East-west gateway ``host:port`` for an endpoint in another network."""
+    """East-west gateway ``host:port`` for an endpoint in another network. Such an entry
+    (``address``/``port`` the gateway's, ``weight`` the healthy endpoints behind it) serves
+    the service port ``servicePort`` names, or every port of the service without it."""
     labels: dict[str, str] = opt(factory=dict)
     locality: str = ""
     cluster: str = ""
@@ -220,6 +241,9 @@ class ServiceSpec:
     ports: tuple[PortSpec, ...] = ()
     endpoints: tuple[EndpointSpec, ...] = ()
     external: bool = False
+    exported: bool = False
+    """An east-west gateway forwards to this service from other networks only when true
+    (the cluster exports it). Defaults to false."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +283,40 @@ class PoolSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EastWestSpec:
+    """Limits of the east-west gateway's passthrough listener (``role: eastwest``)."""
+
+    max_connections: int = 16384
+    """Connections spliced or being sniffed at once; one more is closed at once (flag UO).
+    Defaults to 16384 (Envoy has no limit unless the overload manager sets one)."""
+    idle_timeout: Duration = Duration.of_seconds(3600)
+    """Close a spliced connection on which no byte moved this long. Defaults to 1h
+    (Envoy tcp_proxy ``idle_timeout``)."""
+    hello_timeout: Duration = Duration.of_seconds(15)
+    """Time a client has to send its whole ClientHello. Defaults to 15s (Envoy
+    ``listener_filters_timeout``)."""
+    connect_timeout: Duration = Duration.of_seconds(10)
+    """Opening a connection to an endpoint's sidecar. Defaults to 10s (Istio connectTimeout)."""
+    connect_attempts: int = 3
+    """Endpoints tried, each a different one, before the connection is refused (flag UF).
+    Defaults to 3."""
+    max_hello_bytes: int = 65536
+    """Largest ClientHello accepted, record headers included. Defaults to 64 KiB (Envoy
+    tls_inspector's cap)."""
+
+    def _check(self, c: Check) -> None:
+        for rel, value in (("maxConnections", self.max_connections), ("connectAttempts", self.connect_attempts)):
+            if value < 1:
+                c.error(rel, f"must be at least 1; found {value}")
+        if not 512 <= self.max_hello_bytes <= 1 << 24:
+            c.error("maxHelloBytes", f"must be between 512 and 16777216; found {self.max_hello_bytes}")
+        for rel, d in (("idleTimeout", self.idle_timeout), ("helloTimeout", self.hello_timeout),
+                       ("connectTimeout", self.connect_timeout)):
+            if d.seconds <= 0:
+                c.error(rel, f"must be longer than 0s; found {d}")
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfigSpec:
     node: NodeSpec = opt(required=True)
     version: str = "0"
@@ -272,6 +330,24 @@ class ProxyConfigSpec:
     limits: HttpLimits = opt(factory=HttpLimits)
     """Header sizes, timeouts and HTTP/2 protections of every listener; Envoy's defaults."""
     pool: PoolSpec = opt(factory=PoolSpec)
+    eastwest: EastWestSpec = opt(factory=EastWestSpec)
+    """Limits of the passthrough listener; read only when ``node.role`` is eastwest."""
+
+    def _check(self, c: Check) -> None:
+        ls = self.listeners
+        if self.node.role == "eastwest":
+            if ls.eastwest is None:
+                c.error("listeners.eastwest", "an east-west gateway (node.role: eastwest) needs its passthrough "
+                                              "listener, such as 127.1.2.2:15443; found none")
+            for rel in ("outbound", "inbound"):
+                if getattr(ls, rel) is not None:
+                    c.error(f"listeners.{rel}", f"an east-west gateway has no {rel} listener; "
+                                                f"found {getattr(ls, rel)!r}")
+            if ls.tcp:
+                c.error("listeners.tcp", f"an east-west gateway has no TCP listeners; found {len(ls.tcp)}")
+        elif self.node.role == "sidecar" and ls.eastwest is not None:
+            c.error("listeners.eastwest", f"only an east-west gateway (node.role: eastwest) opens a passthrough "
+                                          f"listener; found {ls.eastwest!r} on role {self.node.role!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +429,12 @@ def _registry(spec: ProxyConfigSpec) -> ServiceRegistry:
                               is_external=s.external))
         by_cluster: dict[str, list[Endpoint]] = {}
         for e in s.endpoints:
-            by_cluster.setdefault(e.cluster, []).append(Endpoint(
-                e.address, e.port, Labels(e.labels), Locality.parse(e.locality) if e.locality else Locality(),
-                e.cluster, e.network, e.weight, e.healthy, e.service_account, e.instance, e.service_port))
+            # An entry behind a gateway without servicePort stands for every port of the service.
+            serves = [e.service_port] if e.gateway is None or e.service_port else [p.port for p in ports] or [0]
+            for service_port in serves:
+                by_cluster.setdefault(e.cluster, []).append(Endpoint(
+                    e.address, e.port, Labels(e.labels), Locality.parse(e.locality) if e.locality else Locality(),
+                    e.cluster, e.network, e.weight, e.healthy, e.service_account, e.instance, service_port))
         for cluster, eps in by_cluster.items():
             b.add_endpoints(host, cluster, eps)
     return b.build()

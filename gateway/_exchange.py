@@ -133,7 +133,7 @@ class Exchange:
     """Progress of one request through ``forward``: what the caller reports and logs."""
 
     __slots__ = ("status", "head_sent", "request_done", "bytes_in", "bytes_out", "error", "peer", "extra_headers",
-                 "response_headers")
+                 "response_headers", "grpc_status")
 
     def __init__(self) -> None:
         self.status = 0
@@ -150,6 +150,8 @@ class Exchange:
         """Added to the response head (CORS, rate-limit headers), after the route's ops."""
         self.response_headers: Sequence[tuple[bytes, bytes]] = ()
         """The upstream response head's headers, as received (for the access log)."""
+        self.grpc_status: int | None = None
+        """A gRPC call's status (trailers, Trailers-Only head or local reply), for the metrics."""
 
 
 async def forward(down: Downstream, head: Request, has_body: bool, pool: UpstreamPool, key: PoolKey,

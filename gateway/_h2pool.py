@@ -59,6 +59,7 @@ class H2Pool:
     def __init__(self, mtls: Callable[[], MtlsContexts | None], *, limits: HttpLimits = DEFAULT_LIMITS,
                  idle_timeout: float = 60.0, clock: Callable[[], float] = trio.current_time) -> None:
         self._mtls = mtls
+        self._h2_mtls: tuple[object, int, MtlsContexts] | None = None
         self.limits = limits
         self.idle_timeout = idle_timeout
         self._clock = clock
@@ -72,6 +73,16 @@ class H2Pool:
         if found is None:
             found = self.stats[key] = H2KeyStats()
         return found
+
+    def h2_contexts(self) -> MtlsContexts | None:
+        """The proxy's client contexts offering ALPN ``h2`` only (built once per certificate)."""
+        base = self._mtls()
+        if base is None:
+            return None
+        cached = self._h2_mtls
+        if cached is None or cached[0] is not base or cached[1] != base.generation:
+            cached = self._h2_mtls = (base, base.generation, MtlsContexts(base.svid, base.bundles, alpn=(H2_ALPN,)))
+        return cached[2]
 
     def sessions(self, key: PoolKey) -> list[H2Session]:
         return list(self._sessions.get(key, ()))
@@ -107,10 +118,16 @@ class H2Pool:
         stats = self._stats(key)
         try:
             try:
-                conn = await open_connection(key, self._mtls() if key[2] else None, timeout, None, self.limits)
+                conn = await open_connection(key, self.h2_contexts() if key[2] else None, timeout, None, self.limits)
             except UpstreamConnectError:
                 stats.cx_connect_fail += 1
                 raise
+            if key[2]:
+                alpn = getattr(conn.stream, "selected_alpn_protocol", lambda: None)()
+                if alpn != H2_ALPN:
+                    conn.close()
+                    stats.cx_connect_fail += 1
+                    raise UpstreamConnectError(conn.address, f"the peer did not agree to HTTP/2 (ALPN {alpn!r})")
             session = H2Session(conn.stream, Role.CLIENT, self.limits, gone=upstream_gone(conn.address),
                                 name=conn.address, peer=conn.peer)
             session.on_goaway = lambda s: self._goaway(key, s)

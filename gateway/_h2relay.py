@@ -3,15 +3,18 @@
 Theory of operation. ``_exchange`` relays HTTP/1.1 to HTTP/1.1 byte-efficiently; every
 exchange with an HTTP/2 end goes through ``exchange`` here instead. Both ends are
 *sides* with one small interface - ``send_head``, ``send_data``, ``send_end(trailers)``,
-``receive`` (the head, Data, EndOfMessage) and ``ack`` - which ``H2Stream`` implements
-itself and two adapters give an HTTP/1.1 end: ``H1Downstream`` (a client's connection,
-for an HTTP/1.1 app calling a gRPC or HTTP/2 service) and ``H1Upstream`` (a pooled
-connection, for an HTTP/1.1 app or service reached from an HTTP/2 client).
+``receive`` (the head, Data, EndOfMessage) and ``ack`` - which an upstream ``H2Stream``
+implements itself, ``_h2down.H2DownSide`` gives a client's stream, and two adapters give
+an HTTP/1.1 end: ``H1Downstream`` (a client's connection, for an HTTP/1.1 app calling a
+gRPC or HTTP/2 service) and ``H1Upstream`` (a pooled connection, for an HTTP/1.1 app or
+service reached from an HTTP/2 client).
 
 * The request body is relayed as it comes: what already arrived goes with the head; if
   the body is not over, a pump task streams the rest while the response comes back.
-  Each chunk is acknowledged downstream (``ack``) only once the upstream took it, so
-  flow control holds a fast sender to the pace of a slow receiver, in both directions.
+  A chunk is read from one side only once the previous one was taken by the other
+  (``send_data`` returns when the peer's window took it), and an HTTP/2 side hands the
+  credit back as it is read (``ack``), so flow control holds a fast sender to the pace of
+  a slow receiver, in both directions, with one window per stream in memory.
 * Trailers travel end to end (gRPC's ``grpc-status``/``grpc-message``); a response that
   is one HEADERS frame ending the stream (gRPC's Trailers-Only) stays one.
 * A reset on either side ends the exchange: the other side's stream is reset by its
@@ -31,8 +34,7 @@ from ._downstream import _BROKEN, DONE, RECV_SIZE, Downstream, DownstreamGone
 from ._events import (END_OF_MESSAGE, ConnectionClosed, Data, EndOfMessage, InformationalResponse,
                       LocalProtocolError, RemoteProtocolError, Request, Response)
 from ._exchange import Exchange, ResponseAborted, response_headers
-from ._grpc import grpc_status, local_reply_headers
-from ._h2session import H2Stream, UpstreamRefusedError
+from ._grpc import grpc_status
 from ._headerops import HeaderOps
 from ._http1 import NEED_DATA
 from ._rescue import DownstreamProtocolError, ProxyError, UpstreamProtocolError, UpstreamResetError
@@ -40,9 +42,7 @@ from ._upstream import PoolKey, UpstreamConnection, UpstreamPool
 
 H2_PROTOCOLS = frozenset({"HTTP2", "GRPC"})
 """Istio port protocols whose requests travel as HTTP/2 between sidecars (and to the app)."""
-_HAS_RESPONSE_HEADERS = "response_headers" in Exchange.__slots__
 _CHUNKED = (b"transfer-encoding", b"chunked")
-_TEXT_PLAIN = (b"content-type", b"text/plain")
 
 
 def speaks_h2(protocol: str) -> bool:
@@ -210,15 +210,24 @@ async def exchange(down: Any, up: Any, head: Request, chunks: list[Data], end: E
         return await _relay_response(down, up, ops, state, accept)
     result = None
     done = False
+    failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_pump, down, up, state, nursery.cancel_scope)
         try:
             result = await _relay_response(down, up, ops, state, accept)
             done = True
+        except Exception as exc:  # raised below, not wrapped in the nursery's ExceptionGroup
+            failure = exc
         finally:
-            nursery.cancel_scope.cancel()
-    if state.error is not None and not done:
-        raise state.error
+            nursery.cancel_scope.cancel()  # a response that ended first stops the request body
+    if failure is not None:
+        raise failure
+    error = state.error
+    if error is not None and not done:
+        state.error = None
+        if state.head_sent and isinstance(error, ProxyError):
+            raise ResponseAborted(error)
+        raise error
     return result
 
 
@@ -272,12 +281,11 @@ async def _relay_response(down: Any, up: Any, ops: HeaderOps, state: Exchange, a
                 up.ack(len(data))
             elif kind is Response:
                 state.status = event.status
-                if _HAS_RESPONSE_HEADERS:
-                    state.response_headers = event.headers  # type: ignore[attr-defined]
+                state.response_headers = event.headers
                 if accept is not None:
                     accept(event)
                 headers = response_headers(event.headers, ops)
-                extra = getattr(state, "extra_headers", None)
+                extra = state.extra_headers
                 if extra:
                     headers += extra
                 after = up.receive_nowait()
@@ -300,50 +308,3 @@ async def _relay_response(down: Any, up: Any, ops: HeaderOps, state: Exchange, a
         if state.head_sent:
             raise ResponseAborted(exc) from None
         raise
-
-
-# -- local replies on a stream ----------------------------------------------------------------
-
-async def reply_on_stream(stream: H2Stream, status: int, body: bytes = b"", *, grpc: bool = False,
-                          headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """A local reply on an HTTP/2 stream: for a gRPC call, Trailers-Only with the gRPC
-    status of ``status`` (``_rescue.grpc_status_for``) and ``body`` as its message."""
-    if grpc:
-        await stream.send_head(Response(200, [*headers, *local_reply_headers(status, body)]), end=True)
-        return
-    hs = [*headers, (b"content-length", b"%d" % len(body))]
-    if body and not any(n == b"content-type" for n, _ in headers):
-        hs.append(_TEXT_PLAIN)
-    await stream.send_head(Response(status, hs), end=not body)
-    if body:
-        await stream.send_data(body, end=True)
-
-
-async def forward_h2(down: Downstream, head: Request, pool: Any, key: PoolKey, connect_timeout: float,
-                     response_ops: HeaderOps = HeaderOps(), idle_timeout: float | None = None,
-                     state: Exchange | None = None, *, body: Any = None, accept: Any = None,
-                     **_unused: Any) -> Exchange:
-    """``_exchange.forward_attempt`` for a cluster spoken to over HTTP/2: an HTTP/1.1
-    client's request on a stream of a pooled HTTP/2 connection (``pool`` is the H2Pool).
-    A stream the upstream refused unprocessed (GOAWAY race) is tried once more."""
-    state = state or Exchange()
-    side = H1Downstream(down, body)
-    stream = await pool.open_stream(key, connect_timeout)  # before the body: a failure leaves it intact
-    try:
-        chunks, end = side.buffered_body()
-    except BaseException:
-        stream.release()
-        raise
-    for attempt in (0, 1):
-        try:
-            state.peer = stream.peer
-            await exchange(side, stream, head, chunks, end, response_ops, state, accept)
-            return state
-        except UpstreamRefusedError:
-            if attempt or state.status or end is None:
-                raise
-            state.bytes_in = 0
-        finally:
-            stream.release()
-        stream = await pool.open_stream(key, connect_timeout)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -91,9 +91,15 @@ class HostPicker:
     # -- observations ----------------------------------------------------------------------
     def record_status(self, host: str, status: int, now: float) -> tuple[OutlierEvent, ...]:
         """A response status from ``host``; the ejection it caused, if any."""
-        if self.outlier is None:
+        outlier = self.outlier
+        if outlier is None:
             return ()
-        return self._apply(self.outlier.record_http_status(host, status, now))
+        if outlier.config.split_external_local_origin_errors:
+            # A response means the connection worked: Envoy's router reports
+            # LocalOriginConnectSuccess when the pool hands it a connection, which ends a
+            # run of local-origin failures (a no-op without the split).
+            outlier.record_result(host, OutlierResult.LOCAL_ORIGIN_CONNECT_SUCCESS, now)
+        return self._apply(outlier.record_http_status(host, status, now))
 
     def record_result(self, host: str, result: OutlierResult, now: float) -> tuple[OutlierEvent, ...]:
         """A connect failure, reset or timeout of ``host``."""

@@ -14,10 +14,11 @@ Per connection, in order:
    bundle of its trust domain; the peer certificate is read once for XFCC.
 5. **Per request** (HTTP ports): AuthorizationPolicy (403 ``RBAC: access denied`` on
    deny), ``x-forwarded-client-cert`` replaced by ours (Envoy's SANITIZE_SET), then the
-   request goes to the app over a pooled plain HTTP/1.1 connection (http2/grpc apps too,
-   unless the caller itself speaks HTTP/2). **TCP ports**, and callers that open with the
-   HTTP/2 preface (gRPC through CONNECT; until HTTP/2 is terminated here): one TCP-level
-   authorization check, then a splice to the app (as h2c for http2/grpc ports).
+   request goes to the app over a pooled connection: h2c for http2/grpc app ports, plain
+   HTTP/1.1 otherwise. A caller that negotiated ALPN ``h2`` (a client sidecar carrying an
+   http2/grpc service), or opens a plaintext connection to an http2/grpc port with the
+   HTTP/2 preface, is served as HTTP/2: each stream one request (``_h2serve``).
+   **TCP ports**: one TCP-level authorization check, then a splice to the app.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ from ._events import InformationalResponse, Request
 from ._fastio import FastSocketStream, FastTlsStream
 from ._downstream import RECV_SIZE, Downstream, DownstreamGone, serve_http1
 from ._exchange import Exchange, ResponseAborted, forward, forward_upgrade, request_headers
+from ._h2down import H2Downstream
+from ._h2forward import forward_to_app
+from ._h2serve import H2_PREFACE, maybe_preface, read_preface, serve_inbound_h2
 from ._tunnel import close_gracefully, split_authority
 from ._proxy_stats import TlsRefusal
 from ._ratelimit import Limited
 from ._ratelimits import take_all
-from ._rescue import ProxyError, rescue
+from ._rescue import ProxyError, grpc_status_for, rescue
 from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_outbound_sni, sniff_server_name
 from ._tcpsplice import splice
 from ._upstream import open_connection
@@ -57,7 +61,6 @@ DETECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 _CONTINUE = InformationalResponse(100)
 _H2_PROTOCOLS = frozenset({"http2", "grpc"})
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 _REFUSALS = {
@@ -118,6 +121,8 @@ class Caller:
     """Verified SPIFFE ID of an mTLS caller."""
     xfcc: bytes | None = None
     """Our XFCC element for this caller, built once."""
+    alpn: str = ""
+    """The protocol an mTLS caller negotiated (``h2`` or ``http/1.1``)."""
 
 
 def inbound_rate_limit(snap: Snapshot, proxy: Proxy) -> list[tuple[bytes, bytes]] | None:
@@ -186,6 +191,7 @@ class InboundListener:
             self.proxy.metrics.record_tls_refusal(tls_refusal(exc))
             return
         caller.peer = str(peer.spiffe_id)
+        caller.alpn = peer.alpn or ""
         if inbound.xfcc is not None:
             der = tls.getpeercert(binary_form=True)
             element = inbound.xfcc.element(PeerCertificate.from_der(der)) if der else None
@@ -220,16 +226,15 @@ class InboundListener:
         if protocol == "tcp":
             await self._splice(stream, first, snap, caller)
             return
-        if protocol in _H2_PROTOCOLS:
-            # A caller's HTTP/2 (a gRPC client through a CONNECT tunnel) goes to the app as
-            # h2c bytes; HTTP/1.1 from a sidecar's outbound side is served as HTTP/1.1.
-            with trio.move_on_after(DETECT_TIMEOUT):
-                while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
-                    more = await stream.receive_some(RECV_SIZE)
-                    if not more:
-                        break
-                    first += more
-            if first.startswith(H2_PREFACE):
+        if caller.alpn == "h2":
+            await serve_inbound_h2(self, stream, first, caller)
+            return
+        if protocol is not None and protocol.lower() in _H2_PROTOCOLS and maybe_preface(first):
+            first = await read_preface(stream, first, DETECT_TIMEOUT)
+            if first.startswith(H2_PREFACE):  # h2c by prior knowledge (a plaintext caller under PERMISSIVE)
+                await serve_inbound_h2(self, stream, first, caller)
+                return
+            if first[:1] == bytes((TLS_HANDSHAKE,)):  # the client's own TLS, through a CONNECT tunnel
                 await self._splice(stream, first, snap, caller)
                 return
         down = Downstream(stream, snap.limits, (caller.source_ip, 0), preread=first)
@@ -290,13 +295,17 @@ class InboundListener:
                     req.method.decode("latin-1"), path.decode("latin-1"), host.decode("latin-1"), req.headers))
                 if not d.allowed:
                     log.debug("inbound %s %s denied: %s", req.method, req.target[:200], d.reason)
-                    self.proxy.report.inbound_http(caller.peer, port, DENIED_STATUS, "-", started)
-                    return await down.local_reply(DENIED_STATUS, DENIED_BODY)
+                    keep = await down.local_reply(DENIED_STATUS, DENIED_BODY)
+                    code, grpc = _reported(down, DENIED_STATUS)
+                    self.proxy.report.inbound_http(caller.peer, port, code, "-", started, grpc_status=grpc)
+                    return keep
             if snap.ratelimits.inbound:  # identity -> authorization -> rate limit -> app
                 limited = inbound_rate_limit(snap, self.proxy)
                 if limited is not None:
-                    self.proxy.report.inbound_http(caller.peer, port, 429, "RL", started)
-                    return await down.local_reply(429, b"local_rate_limited", limited)
+                    keep = await down.local_reply(429, b"local_rate_limited", limited)
+                    code, grpc = _reported(down, 429)
+                    self.proxy.report.inbound_http(caller.peer, port, code, "RL", started, grpc_status=grpc)
+                    return keep
             if down.codec.they_are_waiting_for_100_continue:
                 await down.send_bytes(down.codec.send(_CONTINUE))
             headers, has_body, upgrade = request_headers(req.headers, host)
@@ -306,20 +315,25 @@ class InboundListener:
                     headers.append((XFCC_HEADER, caller.xfcc))
             head = Request(req.method, req.target, headers)
             key = (inbound.app_address, port, "", "")
+            protocol = inbound.app_ports.get(port, "http")
             if upgrade is not None:  # WebSocket: a connection of its own, a tunnel after 101
                 conn = await open_connection(key, None, self.proxy.app_connect_timeout)
                 await forward_upgrade(down, head, conn, state=state)
-            else:
+            elif type(down) is Downstream and protocol.lower() not in _H2_PROTOCOLS:
                 await forward(down, head, has_body, self.proxy.pool, key, self.proxy.app_connect_timeout, state=state)
+            else:  # HTTP/2 at either end
+                await forward_to_app(self.proxy, down, head, has_body, inbound.app_address, port, protocol, state)
         except ProxyError as exc:
             reply = rescue(exc)
-            self.proxy.report.inbound_http(caller.peer, port, reply.status, reply.flags, started, state.bytes_in,
-                                           state.bytes_out)
             log.debug("inbound %s %s: %s", req.method, req.target[:200], exc)
             try:
                 return await down.rescue(reply)
             except DownstreamGone:
                 return False
+            finally:
+                code, grpc = _reported(down, reply.status)
+                self.proxy.report.inbound_http(caller.peer, port, code, reply.flags, started, state.bytes_in,
+                                               state.bytes_out, grpc_status=grpc)
         except (ResponseAborted, DownstreamGone) as exc:
             log.debug("inbound %s %s: %s", req.method, req.target[:200], exc)
             self.proxy.report.inbound_http(caller.peer, port, state.status,
@@ -327,6 +341,14 @@ class InboundListener:
                                            state.bytes_in, state.bytes_out)
             return False
         self.proxy.report.inbound_http(caller.peer, port, state.status, "-", started, state.bytes_in,
-                                       state.bytes_out)
+                                       state.bytes_out, grpc_status=state.grpc_status)
         return state.status != 101
+
+
+def _reported(down: object, status: int) -> tuple[int, int | None]:
+    """(response code, gRPC status) of a local reply as the metrics count it: a gRPC call's
+    Trailers-Only reply is HTTP 200 carrying the mapped gRPC status."""
+    if type(down) is H2Downstream and down.grpc:
+        return 200, grpc_status_for(status)
+    return status, None
 

@@ -11,6 +11,12 @@ hashing is configured, as Envoy does, else from the injected rng), then a locali
 effective weight - or, at a priority in panic, any of its hosts - then a host from that
 locality's balancer (``make_balancer``, all counting into one ``ActiveRequests``). Nothing
 here sleeps or does I/O; health (outlier ejections, registry state) comes in as an argument.
+
+Health is counted in endpoints, not hosts: an east-west gateway entry stands for
+``Host.members`` endpoints (its weight), so a priority's health is healthy weight over
+total weight and ejecting one gateway entry takes only its own endpoints out. A pick whose
+context sets ``other_priorities`` (Istio ``retryRemoteLocalities``) counts the priorities of
+the hosts it excludes as unhealthy, as Envoy's ``previous_priorities`` retry plugin does.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ class LocalityLb:
         self.active = active if active is not None else ActiveRequests()
         self._rng = rng
         self._hosts = tuple(h for lvl in levels for h in lvl.hosts)
+        self._priority = {h.key: p for p, lvl in enumerate(levels) for h in lvl.hosts}
         self._cache: tuple[frozenset[str], _State] | None = None
 
     @classmethod
@@ -106,23 +113,30 @@ class LocalityLb:
         if not self.levels:
             return None
         state = self._state(healthy)
+        load = state.load
+        if context.other_priorities and context.exclude:
+            load = state.load_avoiding(self, frozenset(self._priority.get(k, -1) for k in context.exclude))
         host = None
         for _ in range(_SELECTION_ATTEMPTS):
-            host = self._pick_once(state, context)
+            host = self._pick_once(state, load, context)
             if host is None or host.key not in context.exclude:
                 return host
         return host
 
-    def _pick_once(self, state: _State, context: PickContext) -> Host | None:
+    def _pick_once(self, state: _State, load: PriorityLoad, context: PickContext) -> Host | None:
         h = context.hash  # consistent hashing keeps a key on one priority and locality
-        p = choose_priority(state.load.load, (h % 100 if h is not None else self._rng.randrange(100)) + 1)
-        if state.load.panic[p]:
+        p = choose_priority(load.load, (h % 100 if h is not None else self._rng.randrange(100)) + 1)
+        if load.panic[p]:
             return state.balancer(self, p, _ALL).pick(context)
         cum = state.cumulative[p]
         if self.locality_weighted and cum and cum[-1] > 0:
             x = ((h >> 11) / 2 ** 53 if h is not None else self._rng.random()) * cum[-1]
             return state.balancer(self, p, min(bisect_right(cum, x), len(cum) - 1)).pick(context)
         return state.balancer(self, p, _HEALTHY).pick(context)
+
+    def priority_of(self, key: str) -> int | None:
+        """The priority of the host ``key``; None for a host this balancer does not hold."""
+        return self._priority.get(key)
 
     def on_request_start(self, host: Host) -> None:
         self.active.start(host.key)
@@ -143,9 +157,10 @@ class LocalityLb:
             else:
                 basis = [float(sum(h.weight for h in hh)) for hh in state.healthy[p]]
             total = sum(basis)
-            shares = tuple(LocalityShare(g.locality, len(g.hosts), len(hh), g.weight, load * b / total if total else 0.0)
+            shares = tuple(LocalityShare(g.locality, _members(g.hosts), _members(hh), g.weight,
+                                         load * b / total if total else 0.0)
                            for g, hh, b in zip(lvl.groups, state.healthy[p], basis))
-            out.append(PriorityView(p, lvl.reason, len(lvl.hosts), sum(len(hh) for hh in state.healthy[p]),
+            out.append(PriorityView(p, lvl.reason, _members(lvl.hosts), sum(_members(hh) for hh in state.healthy[p]),
                                     state.load.health[p], load, panic, shares))
         return tuple(out)
 
@@ -177,19 +192,39 @@ class LocalityLb:
 _ALL, _HEALTHY = -2, -1
 
 
+def _members(hosts: Iterable[Host]) -> int:
+    return sum(h.members for h in hosts)
+
+
 class _State:
     """What a health view implies: loads, healthy hosts and weights per group, balancers (lazily)."""
 
-    __slots__ = ("healthy", "load", "weights", "cumulative", "_balancers")
+    __slots__ = ("healthy", "load", "weights", "cumulative", "_balancers", "_counts", "_avoiding", "_threshold")
 
     def __init__(self, lb: LocalityLb, unhealthy: frozenset[str]) -> None:
         self.healthy = [[tuple(h for h in g.hosts if h.key not in unhealthy) for g in lvl.groups] for lvl in lb.levels]
-        counts = [(sum(len(hh) for hh in groups), len(lvl.hosts)) for groups, lvl in zip(self.healthy, lb.levels)]
+        # Health counts endpoints: a gateway entry counts as the endpoints behind it (Host.members).
+        counts = [(sum(_members(hh) for hh in groups), _members(lvl.hosts)) for groups, lvl in zip(self.healthy, lb.levels)]
         self.load: PriorityLoad = priority_load(counts, lb.panic_threshold)
-        self.weights = [[effective_locality_weight(g.weight, len(hh), len(g.hosts)) for g, hh in zip(lvl.groups, groups)]
-                        for lvl, groups in zip(lb.levels, self.healthy)]
+        self._counts, self._threshold = counts, lb.panic_threshold
+        self._avoiding: dict[frozenset[int], PriorityLoad] = {}
+        self.weights = [[effective_locality_weight(g.weight, _members(hh), _members(g.hosts))
+                         for g, hh in zip(lvl.groups, groups)] for lvl, groups in zip(lb.levels, self.healthy)]
         self.cumulative = [list(accumulate(w)) for w in self.weights]
         self._balancers: dict[tuple[int, int], Balancer[Host]] = {}
+
+    def load_avoiding(self, lb: LocalityLb, tried: frozenset[int]) -> PriorityLoad:
+        """Envoy's ``previous_priorities`` retry plugin (Istio ``retryRemoteLocalities``):
+        the load with the priorities earlier attempts used counted as unhealthy - unless
+        that leaves no healthy priority, when the plain load stands."""
+        found = self._avoiding.get(tried)
+        if found is None:
+            counts = [(0, t) if p in tried else (h, t) for p, (h, t) in enumerate(self._counts)]
+            found = self.load
+            if any(h for h, _ in counts):
+                found = priority_load(counts, self._threshold)
+            self._avoiding[tried] = found
+        return found
 
     def balancer(self, lb: LocalityLb, p: int, which: int) -> Balancer[Host]:
         b = self._balancers.get((p, which))

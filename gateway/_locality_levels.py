@@ -213,5 +213,5 @@ def network_hosts(endpoints: Iterable[Endpoint], client_network: str,
             continue
         common = Labels(set.intersection(*(set(e.labels.items()) for e in eps)))  # subset labels survive
         direct.append(Host(f"{gateway}@{cluster}/{locality}", sum(e.weight for e in eps), str(locality), common,
-                           GatewayHop(gateway, network, cluster, locality, tuple(eps))))
+                           GatewayHop(gateway, network, cluster, locality, tuple(eps)), members=len(eps)))
     return tuple(direct)

@@ -35,7 +35,9 @@ from ._metrics import ProxyMetrics
 from ._reporting import Reporting
 from ._config import ProxyConfig, parse_hostport
 from ._downstream import IdleWatch
+from ._eastwest import EastWestListener
 from ._fastio import FastSocketStream, listen, serve_socket
+from ._h2pool import H2Pool
 from ._hostpick import sweep_outliers
 from ._inbound import InboundListener
 from ._mirror import Mirrors
@@ -80,6 +82,7 @@ class Proxy:
         self._listeners: dict[ListenerKey, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self.pool = UpstreamPool(lambda: self.client_mtls)
+        self.h2pool = H2Pool(lambda: self.client_mtls)
         self.idle = IdleWatch(self._idle_timeout)
         self.mirrors = Mirrors(self)
         diagnostics = self.apply(config)
@@ -88,6 +91,7 @@ class Proxy:
         self.outbound = OutboundHttp(self)
         self.inbound = InboundListener(self)
         self.admin = AdminServer(self)
+        self.eastwest = EastWestListener(self)
 
     # -- config ---------------------------------------------------------------------------
 
@@ -134,6 +138,7 @@ class Proxy:
         self.pool.max_idle_per_key = pool.max_idle_per_key
         self.pool.idle_timeout = pool.idle_timeout.seconds
         self.pool.limits = snap.limits
+        self.h2pool.limits = snap.limits
         self._snapshot = snap
         self.report.configure(snap)
         self.telemetry.configure(snap)
@@ -151,6 +156,7 @@ class Proxy:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
+                await nursery.start(self.h2pool.run)
                 await nursery.start(self.idle.run)
                 await nursery.start(self.telemetry.run)
                 await nursery.start(sweep_outliers, lambda: self.snapshot.outlier_clusters)
@@ -176,7 +182,8 @@ class Proxy:
     def _wanted(self) -> list[ListenerKey]:
         ls = self.snapshot.config.spec.listeners
         keys: list[ListenerKey] = [(kind, addr, "", 0) for kind, addr in
-                                   (("admin", ls.admin), ("inbound", ls.inbound), ("outbound", ls.outbound)) if addr]
+                                   (("admin", ls.admin), ("inbound", ls.inbound), ("outbound", ls.outbound),
+                                    ("eastwest", ls.eastwest)) if addr]
         keys += [("tcp", t.address, t.host, t.port) for t in ls.tcp]
         return keys
 
@@ -222,6 +229,8 @@ class Proxy:
             serve = self.inbound.handle_connection
         elif kind == "admin":
             serve = self.admin.handle_connection
+        elif kind == "eastwest":
+            serve = self.eastwest.handle_connection
         else:
             async def serve(stream: FastSocketStream) -> None:
                 await serve_tcp_listener(self, stream, target_host, target_port)

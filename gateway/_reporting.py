@@ -70,17 +70,18 @@ class Reporting:
         return series
 
     def outbound_http(self, cluster: ClusterConfig | None, target: Any, peer: str, status: int, flags: str,
-                      started: float, request_bytes: int = 0, response_bytes: int = 0) -> None:
+                      started: float, request_bytes: int = 0, response_bytes: int = 0,
+                      grpc_status: int | None = None) -> None:
         self._outbound_series(cluster, target, peer, False).record(
             code=status, duration_ms=(trio.current_time() - started) * 1000.0, request_bytes=request_bytes,
-            response_bytes=response_bytes, flags=flags)
+            response_bytes=response_bytes, flags=flags, grpc_status=grpc_status)
 
     def outbound_request(self, x: OutboundRequest) -> None:
         """One finished outbound HTTP request: its metrics, access log line and span."""
         state = x.state
         flags = x.flag_string
         self.outbound_http(x.cluster, x.target, state.peer, state.status, flags, x.started, state.bytes_in,
-                           state.bytes_out)
+                           state.bytes_out, state.grpc_status)
         telemetry = self.telemetry
         if telemetry is None:
             return
@@ -121,10 +122,10 @@ class Reporting:
         return series
 
     def inbound_http(self, peer: str | None, port: int, status: int, flags: str, started: float,
-                     request_bytes: int = 0, response_bytes: int = 0) -> None:
+                     request_bytes: int = 0, response_bytes: int = 0, grpc_status: int | None = None) -> None:
         self._inbound_series(peer, port, False).record(
             code=status, duration_ms=(trio.current_time() - started) * 1000.0, request_bytes=request_bytes,
-            response_bytes=response_bytes, flags=flags)
+            response_bytes=response_bytes, flags=flags, grpc_status=grpc_status)
 
     def inbound_tcp(self, peer: str | None, port: int, flags: str, result: SpliceResult | None = None) -> None:
         series: TcpSeries = self._inbound_series(peer, port, True)

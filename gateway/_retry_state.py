@@ -27,6 +27,8 @@ class RetryState:
         self._breaker = breaker
         self.attempts = 0
         self.body_bytes = 0
+        self.body_dropped = False
+        """The replay buffer let go of the body (``RequestBody.replayable`` turned False)."""
         self._hosts: list[str] = []
         self._localities: list[str] = []
         self._permit: Permit | None = None
@@ -46,7 +48,7 @@ class RetryState:
 
     @property
     def replayable(self) -> bool:
-        return self.body_bytes <= self.policy.per_request_buffer_limit
+        return not self.body_dropped and self.body_bytes <= self.policy.per_request_buffer_limit
 
     @property
     def tried_hosts(self) -> tuple[str, ...]:

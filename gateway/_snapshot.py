@@ -167,7 +167,7 @@ def compile_snapshot(config: ProxyConfig, *, stats: StatsStore | None = None, rn
             for c in built:
                 clusters[(c.fqdn, c.subset, c.port)] = c
                 needs_tls = needs_tls or any(h.endpoint.tls for h in c.hosts)
-    if needs_tls and spec.tls is None:
+    if needs_tls and spec.tls is None and node.role != "eastwest":  # a gateway holds no workload key
         error("spec.tls", "endpoints behind sidecars are reached over mTLS, but no certificate is configured "
                           "(set spec.tls, or proxyPort: 0 on endpoints without a sidecar)")
     for i, t in enumerate(spec.listeners.tcp):

@@ -2,11 +2,13 @@
 
 ``CONNECT host:port`` (TLS clients, gRPC clients through ``grpc_proxy``) is answered 200
 and the tunnel spliced to a host of the cluster the TCP routes pick; a per-port TCP
-listener does the same for every connection it accepts. The bytes are not looked at:
-an HTTP/2 client (gRPC) is spliced as is - one tunnel, one endpoint, no per-request
-routing or balancing. Connections are new ones (never pooled), tried on up to three
-hosts when connecting fails, and closed with a TLS close_notify so that the far side
-reads a clean end.
+listener does the same for every connection it accepts. One exception: a tunnel to a
+service port of protocol ``http2``/``grpc`` that opens with the HTTP/2 preface is not
+spliced but served as HTTP/2 here (``_h2serve``), so that each stream is routed and
+balanced on its own and carried on the pooled HTTP/2 connections between sidecars; a
+tunnel carrying the client's own TLS (or anything else) stays a splice. Spliced
+connections are new ones (never pooled), tried on up to three hosts when connecting
+fails, and closed with a TLS close_notify so that the far side reads a clean end.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ._balancer import PickContext
 from ._downstream import Downstream, DownstreamGone
 from ._events import Request, Response
 from ._fastio import FastSocketStream
+from ._h2relay import H2_PROTOCOLS
+from ._h2serve import H2_PREFACE, read_preface, serve_outbound_h2
 from ._rescue import NoHealthyUpstreamError, NoRouteError, ProxyError, UpstreamConnectError, rescue
 from ._tcpsplice import splice
 from ._upstream import UpstreamConnection, open_connection
@@ -50,6 +54,19 @@ async def connect_tunnel(proxy: Proxy, down: Downstream, req: Request, snap: Sna
     down.request_complete()  # the CONNECT's (empty) end: the client now waits for our answer
     host_name, port = split_authority(req.target, 443)
     cluster = snap.tcp_cluster(host_name, port)
+    prefix = b""
+    if cluster is not None and cluster.protocol in H2_PROTOCOLS:
+        try:
+            await down.send_bytes(down.codec.send(Response(200, [])))
+        except DownstreamGone:
+            return
+        prefix = await read_preface(down.stream, down.codec.trailing_data[0])
+        if prefix.startswith(H2_PREFACE):
+            log.debug("CONNECT %s: HTTP/2 inside, served here", req.target)
+            await serve_outbound_h2(proxy, down.stream, prefix, (down.remote_ip, down.remote_port))
+            return
+        if not prefix:
+            return
     try:
         if cluster is None:
             raise NoRouteError(host_name, "", port)
@@ -57,15 +74,17 @@ async def connect_tunnel(proxy: Proxy, down: Downstream, req: Request, snap: Sna
     except ProxyError as exc:
         reply = rescue(exc)
         proxy.report.outbound_tcp(cluster, None, "", reply.flags)
-        try:
-            await down.rescue(reply, close=True)
-        except DownstreamGone:
-            pass
+        if not prefix:  # else the 200 went out already: closing is all that is left
+            try:
+                await down.rescue(reply, close=True)
+            except DownstreamGone:
+                pass
         return
     result = None
     try:
-        await down.send_bytes(down.codec.send(Response(200, [])))
-        prefix, _ = down.codec.trailing_data
+        if not prefix:
+            await down.send_bytes(down.codec.send(Response(200, [])))
+            prefix, _ = down.codec.trailing_data
         result = await splice(down.stream, conn.stream, a_prefix=prefix)
         log.debug("CONNECT %s closed: %s", req.target, result)
     except DownstreamGone:

@@ -235,3 +235,6 @@ async def curl(*args: str, timeout: float = 20) -> tuple[int, str, str]:
         done = await trio.run_process(["curl", "-sS", "--max-time", str(timeout), *args], capture_stdout=True,
                                       capture_stderr=True, check=False)
     return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+
+from ._eastwest_testing import Instance, Site, client_config, start_client, start_proxy, start_site  # noqa: E402,F401

@@ -167,3 +167,18 @@ def test_a_listener_that_cannot_bind_exits_1_naming_it(tmp_path: Path, capsys: p
         assert main(["proxy", "--config", str(path)]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == f"fedctl proxy: error: cannot listen on {host}:{port} (admin): Address already in use"
+
+
+def test_settle_heap_freezes_the_start_up_objects_and_raises_the_young_threshold() -> None:
+    import gc
+
+    from federation._cli_proxy import GC_GEN0_THRESHOLD, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

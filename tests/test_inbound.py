@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 
+from federation.apps import AppEnv, HttpServer, build_handler
 from gateway._config import load_proxy_config_text
 from gateway._inbound import PrefixedStream
 from gateway.testing import EchoApp, Pair, curl, start_pair
@@ -186,13 +187,28 @@ async def test_tls_client_hello_arriving_in_pieces_is_reassembled(nursery: trio.
     assert data.startswith(b"HTTP/1.1 200 OK") and pair.app.seen[0].target == "/direct"
 
 
-async def test_http2_app_port_serves_http1_callers_as_http(nursery: trio.Nursery, pki: MeshPki,
-                                                           tmp_path: Path) -> None:
-    pair = await start_pair(nursery, pki, tmp_path, app_protocol="http2", service_protocol="http2")
-    code, out, err = await curl("-x", pair.proxy_url, pair.url("/h1-to-h2-port"))
+async def h2c_app(host: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """The demo echo app: HTTP/1.1 and h2c on one port, and says which one it was spoken to in."""
+    env = AppEnv(app="echo", cluster="east", locality="", version="v1", instance="echo-0", namespace="demo",
+                 workload="echo")
+    await HttpServer(build_handler(env), grace=0.5).serve(host, 0, task_status=task_status)  # type: ignore[arg-type]
+
+
+async def test_http2_app_port_is_reached_over_h2c_whatever_the_caller_speaks(nursery: trio.Nursery, pki: MeshPki,
+                                                                             tmp_path: Path) -> None:
+    pair = await start_pair(nursery, pki, tmp_path, app_serve=h2c_app, app_protocol="http2",
+                            service_protocol="http2", server_resources=peer_auth("PERMISSIVE"))
+    code, out, err = await curl("-x", pair.proxy_url, pair.url("/mesh"))
     assert code == 0, err
     seen = json.loads(out)
+    assert (seen["protocol"], seen["path"]) == ("HTTP/2", "/mesh")
     assert "URI=spiffe://east.example/ns/demo/sa/client" in seen["headers"]["x-forwarded-client-cert"]
+    for args in ((), ("--http2-prior-knowledge",)):  # plaintext callers under PERMISSIVE, HTTP/1.1 and h2c
+        code, out, err = await plaintext(pair, "/plain", *args)
+        assert code == 0, err
+        seen = json.loads(out)
+        assert (seen["protocol"], seen["path"]) == ("HTTP/2", "/plain")
+        assert "x-forwarded-client-cert" not in seen["headers"]
 
 
 async def raw_echo(host: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -206,11 +222,11 @@ async def raw_echo(host: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) ->
     await trio.serve_listeners(handle, listeners)
 
 
-async def test_http2_preface_through_connect_is_spliced_to_the_app(nursery: trio.Nursery, pki: MeshPki,
-                                                                    tmp_path: Path) -> None:
+async def test_tls_through_connect_to_a_grpc_port_is_spliced_to_the_app(nursery: trio.Nursery, pki: MeshPki,
+                                                                         tmp_path: Path) -> None:
     pair = await start_pair(nursery, pki, tmp_path, app_serve=raw_echo, app_protocol="grpc",
                             service_protocol="grpc")
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"frames..."
+    hello = b"\x16\x03\x01\x00\x05hello, a ClientHello of the app's own TLS"
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream(pair.addrs.client, 15001)
         async with stream:
@@ -220,8 +236,8 @@ async def test_http2_preface_through_connect_is_spliced_to_the_app(nursery: trio
             while b"\r\n\r\n" not in data:
                 data += await stream.receive_some(4096)
             assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-            await stream.send_all(preface)
+            await stream.send_all(hello)
             echoed = data.partition(b"\r\n\r\n")[2]
-            while len(echoed) < len(preface):
+            while len(echoed) < len(hello):
                 echoed += await stream.receive_some(4096)
-    assert echoed == preface
+    assert echoed == hello

@@ -1,12 +1,19 @@
-"""Local token bucket: exact refills on a fake clock, 429 + RL, x-ratelimit-* headers."""
+"""Local token bucket: exact refills on a fake clock, 429 + RL, x-ratelimit-* headers; the
+RateLimit kind compiled into per-route, per-destination and inbound buckets."""
+
+from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 
 from gateway._flags import ResponseFlag
 from gateway._ratelimit import Allowed, Limited, RateLimitConfigError, TokenBucket, TokenBucketConfig
 from topology._duration import Duration
+
+if TYPE_CHECKING:
+    from gateway._ratelimits import RateLimits
 
 
 def test_bucket_starts_full_and_refuses_the_request_after_the_burst() -> None:
@@ -75,3 +82,69 @@ def test_repr_shows_tokens() -> None:
     bucket = TokenBucket(TokenBucketConfig(max_tokens=4, fill_interval=0.5, tokens_per_fill=2), now=0.0)
     bucket.try_take(0.0)
     assert repr(bucket) == "<TokenBucket 3/4 +2 per 0.5s>"
+
+
+# -- RateLimit resources compiled into the buckets of one proxy ------------------------------
+
+RATE_LIMITS = """
+apiVersion: meshfed.io/v1alpha1
+kind: RateLimit
+metadata: {name: all, namespace: demo}
+spec: {targetRef: {host: echo}, maxTokens: 3, fillInterval: 1s}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: RateLimit
+metadata: {name: slow, namespace: demo}
+spec: {targetRef: {host: echo.demo.svc.cluster.local}, route: slow, maxTokens: 1, fillInterval: 1s}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: RateLimit
+metadata: {name: mine, namespace: demo}
+spec: {workloadSelector: {matchLabels: {app: echo}}, maxTokens: 2, fillInterval: 1s}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: RateLimit
+metadata: {name: theirs, namespace: other}
+spec: {workloadSelector: {matchLabels: {app: echo}}, maxTokens: 2, fillInterval: 1s}
+"""
+
+
+def compiled(labels: dict[str, str]) -> RateLimits:
+    from gateway._ratelimits import RateLimits
+    from topology._loader import load_text
+
+    loaded = load_text(RATE_LIMITS, "limits.yaml")
+    assert loaded.errors == []
+    return RateLimits.compile(loaded.resources, namespace="demo", labels=labels, domain="cluster.local")
+
+
+def test_rate_limits_sort_into_per_route_per_destination_and_inbound_buckets() -> None:
+    limits = compiled({"app": "echo"})
+    host = "echo.demo.svc.cluster.local"
+    assert [b.source for b in limits.outbound(host, "other")] == ["demo/all"]
+    assert [b.source for b in limits.outbound(host, "slow")] == ["demo/all", "demo/slow"]
+    assert limits.outbound("reviews.demo.svc.cluster.local", "slow") == ()
+    assert [b.source for b in limits.inbound] == ["demo/mine"]  # same namespace only
+    assert compiled({"app": "ratings"}).inbound == ()
+
+
+def test_take_all_refuses_at_the_first_empty_bucket_and_reports_the_tightest_grant() -> None:
+    from gateway._ratelimits import take_all
+
+    buckets = compiled({}).outbound("echo.demo.svc.cluster.local", "slow")
+    first = take_all(buckets, 0.0)
+    assert type(first) is Allowed and (first.limit, first.remaining) == (1, 0)
+    second = take_all(buckets, 0.5)
+    assert type(second) is Limited and second.limit == 1 and second.retry_after == pytest.approx(0.5)
+    assert take_all((), 0.0) is None
+    assert type(take_all(buckets, 1.0)) is Allowed  # refilled a second after the buckets were created
+
+
+def test_rate_limit_resource_errors_quote_the_bad_value() -> None:
+    from topology._loader import load_text
+
+    bad = RATE_LIMITS.split("---")[0].replace("fillInterval: 1s", "fillInterval: 10ms").replace(
+        "targetRef: {host: echo}, ", "targetRef: {host: echo}, route: '', ")
+    messages = [str(d) for d in load_text(bad, "limits.yaml").errors]
+    assert messages == ["limits.yaml:5: spec.fillInterval: must be at least 50ms; found '10ms'",
+                        "limits.yaml:5: spec.route: must not be empty; omit it to limit every route"]

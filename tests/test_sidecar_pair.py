@@ -170,41 +170,6 @@ async def test_admin_reports_ready_config_clusters_and_metrics(pair: Pair) -> No
     assert 'connection_security_policy="mutual_tls"' in line
 
 
-async def test_measured_requests_per_second_through_the_pair(pair: Pair) -> None:
-    """A bounded closed loop of keep-alive requests; the figure is printed, not asserted on."""
-    url = pair.url("/x").encode()
-    host = url.split(b"/")[2]
-    request = b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (url, host)
-    done = 0
-
-    async def worker() -> None:
-        nonlocal done
-        stream = await trio.open_tcp_stream(pair.addrs.client, 15001)
-        buf = b""
-        async with stream:
-            while trio.current_time() < end:
-                await stream.send_all(request)
-                while True:
-                    head_end = buf.find(b"\r\n\r\n")
-                    if head_end >= 0:
-                        length = int(buf[:head_end].lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                        if len(buf) >= head_end + 4 + length:
-                            buf = buf[head_end + 4 + length:]
-                            break
-                    buf += await stream.receive_some(65536)
-                done += 1
-
-    start = trio.current_time()
-    end = start + 1.0
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(worker)
-    rate = done / (trio.current_time() - start)
-    print(f"\npair in one process (client, 2 sidecars, app on one core): {rate:.0f} requests/s")
-    assert done > 0
-
-
 def tls_app(pki: MeshPki, folder: Path, app: EchoApp):  # noqa: ANN201 - an app_serve for start_pair
     """An HTTPS app (certificate for echo.demo.svc.cluster.local from the mesh CA)."""
     files = pki.write_svid(pki.svid("east.example", "demo", "echo", dns_names=("echo.demo.svc.cluster.local",)),
