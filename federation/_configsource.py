@@ -14,8 +14,16 @@ the push path: its findings are warnings, and its one error ("cannot place the
 workloads") our own registry build raises first, so deferring it never turns a refusal
 into an acceptance. Its warnings appear in ``status()`` once computed.
 
-Versions are numbered 1, 2, 3... in the order accepted; content equal to what was last
-accepted or refused is not evaluated again. ``changed_at`` is when the change was made
+Apply order. A resource (group, kind, namespace, name) defined in several files is the
+one of the file changed last, as the last ``kubectl apply`` replaces the object: copying
+``virtual-service-reviews-90-10.yaml`` in after ``virtual-service-reviews-v3.yaml`` puts
+the 90/10 split in force whatever the file names. Files are read in the order their
+content last changed (path order among those of one poll, e.g. at start), and of the
+resources sharing an identity only the last is kept.
+
+Versions are numbered 1, 2, 3... in the order accepted (from ``first_version``: a
+restarted control plane goes on from the number it served last); content equal to what
+was last accepted or refused is not evaluated again. ``changed_at`` is when the change was made
 as far as the source can tell: the earliest mtime among the changed files, but never
 before the last poll that saw the tree unchanged (a file copied with an old mtime
 "changed" when it appeared). Push latency is measured from it.
@@ -101,6 +109,17 @@ class ConfigRefusal:
         return {"at": self.at.isoformat(), "messages": list(self.messages), "files": list(self.files)}
 
 
+def last_applied(resources: list[Resource]) -> list[Resource]:
+    """``resources`` (in apply order) without those a later one of the same identity replaces."""
+    last = {(r.group, *r.key): i for i, r in enumerate(resources)}
+    kept = [r for i, r in enumerate(resources) if last[(r.group, *r.key)] == i]
+    if len(kept) != len(resources):
+        replaced = [r for i, r in enumerate(resources) if last[(r.group, *r.key)] != i]
+        log.info("replaced by a file applied later: %s", ", ".join(f"{r.kind} {r.namespace}/{r.name} of "
+                                                                    f"{r.file}:{r.line}" for r in replaced))
+    return kept
+
+
 class ConfigSource:
     """Watches ``directory``; ``current`` is the version in force, ``refusal`` the last refused change."""
 
@@ -123,6 +142,9 @@ class ConfigSource:
         self._next = first_version
         self._files: dict[str, FileState] = {}
         self._stamps: dict[str, tuple[int, int]] | None = None
+        self._polls = 0
+        self._applied: dict[str, int] = {}
+        """Path -> the poll that last saw its content change (the apply order)."""
         self._evaluated: dict[str, str] | None = None
         """Path -> digest of the content last accepted or refused: it is not evaluated twice."""
         self._last_quiet = self.clock()
@@ -169,6 +191,12 @@ class ConfigSource:
         before = self._evaluated or {}
         changed = sorted(p for p in digests.keys() | before.keys() if digests.get(p) != before.get(p))
         self._evaluated = digests
+        self._polls += 1
+        for path in changed:
+            if path in digests:
+                self._applied[path] = self._polls
+            else:
+                self._applied.pop(path, None)
         mtimes = [stamps[p][0] for p in changed if p in stamps]
         changed_at = now
         if self.current is not None and mtimes:
@@ -184,10 +212,11 @@ class ConfigSource:
                  changed_at: dt.datetime) -> ConfigVersion | ConfigRefusal:
         result = LoadResult()
         raw: dict[tuple[str, int], Any] = {}
-        for path in sorted(digests):
+        for path in sorted(digests, key=lambda p: (self._applied.get(p, 0), p)):
             state = self._files[path]
             result.extend(state.result)
             raw.update(((path, line), data) for line, data in state.raw.items())
+        result.resources = last_applied(result.resources)
         errors = [d for d in result.diagnostics if d.is_error]
         if not errors:
             mesh = next((r.spec for r in result.of_kind("Mesh")), None)

@@ -62,7 +62,7 @@ class ControlPlane:
                  view: Callable[[ConfigVersion], ServiceRegistry] | None = None,
                  kube_cluster: str | None = None, clock: Callable[[], dt.datetime] = _utcnow,
                  rng: random.Random | None = None, metrics: ControlPlaneMetrics | None = None,
-                 in_thread: bool = True) -> None:
+                 in_thread: bool = True, first_version: int = 1) -> None:
         if signer.ca.trust_domain is None:
             raise FederationError(f"the signer of cluster {cluster!r} has no trust domain: a root cannot serve "
                                   "workloads")
@@ -77,7 +77,8 @@ class ControlPlane:
         self.scope = scope
         self._view_cache: tuple[ServiceRegistry, ServiceRegistry] | None = None
         self.source = ConfigSource(config_dir, interval=poll_interval, clock=clock, kube_cluster=kube_cluster,
-                                   checks=(self._check_cluster,), in_thread=in_thread)
+                                   checks=(self._check_cluster,), in_thread=in_thread,
+                                   first_version=first_version)
         self.discovery = DiscoveryServer(cluster, self.trust_domain, tls=tls, view=view or self._view,
                                          clock=clock, rng=self.rng, metrics=self.metrics)
         self.certificates = CertificateService(signer, clock=clock, metrics=self.metrics)

@@ -200,6 +200,12 @@ class ServerConnection(H2Endpoint):
             self._requests.pop(req.stream_id, None)
 
 
+def _closed_before_tls(exc: BaseException) -> bool:
+    """The peer closed (or reset) without completing a handshake, as a TCP port probe does."""
+    return isinstance(exc, trio.BrokenResourceError) and isinstance(
+        exc.__cause__, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError))
+
+
 class ControlPlaneListener:
     """Accepts :15012 connections and routes their requests to ``routes`` (path -> handler)."""
 
@@ -229,8 +235,12 @@ class ControlPlaneListener:
             with trio.fail_after(self.handshake_timeout):
                 stream, peer = await self.tls.accept(transport)
         except (PeerRefused, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            if _closed_before_tls(exc):  # a port probe (fedctl up's readiness check): nothing to refuse
+                log.debug("a :15012 connection closed before its TLS handshake")
+                await trio.aclose_forcefully(transport)
+                return
             self.refused += 1
-            log.info("refused a :15012 connection: %s", exc)
+            log.info("refused a :15012 connection: %s", exc if str(exc) else repr(exc.__cause__ or exc))
             await trio.aclose_forcefully(transport)
             return
         if stream.selected_alpn_protocol() != "h2":

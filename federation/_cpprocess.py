@@ -10,8 +10,13 @@ cluster's control-plane address, and adds what a process of ``fedctl up`` needs:
   ``proxies/<cluster>/<namespace>.<instance>/config.json`` whenever it changes (the
   sidecar's ``fedctl proxy --config`` reloads it): the config push without discovery;
 * ``DIR/.meshfed/cp/<cluster>.json``, rewritten every second and after every change:
-  ``ControlPlane.status()``, the DNS counters, and the plan (the instances the cluster
-  should run), which the supervisor follows.
+  ``ControlPlane.status()``, the DNS counters, the plan (the instances the cluster
+  should run), which the supervisor follows, and ``federation``: the state of each link
+  (``fedctl link list`` reads it);
+* federation (``_federation``): the services the cluster exports (its ``ServiceExport``
+  resources, its own endpoints after scaling) served to linked control planes on the
+  same :15012 listener, and the peers of ``DIR/.meshfed/links.json`` watched; what they
+  export is merged into the registry every proxy document and the DNS are made from.
 
 SIGTERM or SIGINT stops it (exit 0).
 """
@@ -36,6 +41,11 @@ from trustdomain._files import read_certificates
 from ._configsource import ConfigVersion
 from ._controlplane import ControlPlane
 from ._dns_server import DnsServer
+from ._federation import Federation
+from ._federation_gateway import exported_names, gateway_placements
+from ._federation_model import ExportSet, build_export
+from ._federation_peers import own_document, peers_of
+from ._link_store import LinkError, links_path, read_links
 from ._launch import DNS_PORT, Layout, bootstrap_secret, plans_of
 from ._proxygen import TlsFiles, cluster_view
 from ._scale import Overrides, read_overrides, scale_path, scaled_version
@@ -76,8 +86,14 @@ class ClusterProcess:
         cadir = CaDirectory(layout.ca)
         signer = ClusterSigner(cadir.load_cluster(cluster), BootstrapAuthority(bootstrap_secret(layout, cluster)))
         self.bundles = trust_bundles(cadir)
+        self._local_view: tuple[ServiceRegistry, ServiceRegistry] | None = None
         self.cp = ControlPlane(cluster, layout.mesh_dir, signer, self.bundles, host=host,
-                               tls=tls_paths(layout, self.bundles))
+                               tls=tls_paths(layout, self.bundles), view=self.view,
+                               first_version=next_version(layout, cluster))
+        self.federation = Federation(cluster, self.cp.contexts, bootstrap_secret(layout, cluster),
+                                     on_change=self.imports_changed)
+        self.cp.listener.routes.update(self.federation.routes)
+        self.links_error: str | None = None
         self.dns = DnsServer(ServiceRegistry(), cluster=cluster, host=host, port=DNS_PORT)
         self.overrides: Overrides = read_overrides(layout.mesh_dir)
         self.served: ConfigVersion | None = None
@@ -92,25 +108,82 @@ class ClusterProcess:
             self._scaled = (version.number, key, scaled_version(version, self.overrides))
         return self._scaled[2]
 
-    def publish(self) -> None:
+    def local_view(self, registry: ServiceRegistry) -> ServiceRegistry:
+        cached = self._local_view
+        if cached is None or cached[0] is not registry:
+            cached = self._local_view = (registry, cluster_view(registry, self.cluster))
+        return cached[1]
+
+    def view(self, version: ConfigVersion) -> ServiceRegistry:
+        """What this cluster's proxies see: its own endpoints and what linked peers export."""
+        return self.federation.view(self.local_view(version.registry))
+
+    def publish(self, force: bool = False) -> None:
         version = self.cp.source.current
         if version is None:
             return
         served = self.scaled(version)
-        gen = self.cp.discovery.generator
-        if gen is None or gen.version is not served:
-            self.cp.discovery.publish(served)
+        first = self.served is None
         self.served = served
-        self.dns.set_registry(cluster_view(served.registry, self.cluster))
+        self.export(served)
+        if first:  # the links (and the imports a previous run kept) before the first document
+            self.apply_links(notify=False)
+        gen = self.cp.discovery.generator
+        if force or gen is None or gen.version is not served:
+            self.cp.discovery.publish(served)
+        self.dns.set_registry(self.view(served))
         if self.wiring == "files":
             self.write_documents()
         self.write_status()
+
+    def export(self, served: ConfigVersion) -> None:
+        mesh = served.mesh
+        me = own_document(mesh, self.cluster) if mesh is not None else None
+        if me is None:
+            return
+        self.federation.set_export(build_export(
+            self.local_view(served.registry), self.cluster, exported_names(served.resources), network=me.network,
+            locality=me.locality, trust_domain=me.trust_domain, gateway=me.gateway))
+
+    def imports_changed(self) -> None:
+        """A peer's export arrived, a link expired or was removed: new documents for every proxy."""
+        self.save_imports()
+        if self.served is not None:
+            self.publish(force=True)
+
+    def imports_path(self) -> Path:
+        return self.layout.cp_status(self.cluster).with_suffix(".imports.json")
+
+    def save_imports(self) -> None:
+        """Kept for a restart of this control plane (``fedctl up`` clears cp/)."""
+        data = [x.to_json() for x in self.federation.imports()]
+        write_atomic(self.imports_path(), json.dumps(data).encode(), mode=0o600)
+
+    def load_imports(self) -> None:
+        try:
+            data = json.loads(self.imports_path().read_text())
+            self.federation.seed([ExportSet.from_json(x) for x in data])
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the imports a previous run kept: %s", exc)
+
+    def apply_links(self, notify: bool = True) -> None:
+        try:
+            links = read_links(self.layout.mesh_dir)
+        except LinkError as exc:
+            self.links_error = str(exc)  # the links in force stay
+            log.error("%s", exc)
+            return
+        self.links_error = None
+        mesh = self.served.mesh if self.served is not None else None
+        self.federation.set_peers(peers_of(self.cluster, links, mesh), notify=notify)
 
     def write_documents(self) -> None:
         gen = self.cp.discovery.generator
         if gen is None or self.served is None:
             return
-        for p in self.served.placements:
+        for p in (*self.served.placements, *gateway_placements(self.served.mesh)):
             if p.cluster != self.cluster:
                 continue
             doc = gen.document(p)
@@ -128,6 +201,10 @@ class ClusterProcess:
             "controlPlane": self.cp.status(),
             "dnsCounters": {"udp": dns.udp_queries, "tcp": dns.tcp_queries, "byRcode": dict(dns.by_rcode)},
             "inSync": self.in_sync(),
+            "federation": {"links": self.federation.status(), "linksError": self.links_error,
+                           "exportRevision": self.federation.export.revision if self.federation.export else None,
+                           "exported": [f"{s.namespace}/{s.name}" for s in self.federation.export.services]
+                           if self.federation.export else []},
             "plan": None if served is None else {
                 "version": served.number, "overrides": {"/".join(k): n for k, n in sorted(self.overrides.items())},
                 "instances": [p.to_json() for p in plans_of(served.placements, served.mesh, self.cluster)]},
@@ -164,6 +241,17 @@ class ClusterProcess:
                     self.overrides = overrides
                     self.publish()
 
+    async def watch_links(self) -> None:
+        path = links_path(self.layout.mesh_dir)
+        seen: object = None
+        while True:
+            stamp = (_stamp(path), self.served.number if self.served is not None else None)
+            if stamp != seen:
+                seen = stamp
+                self.apply_links()
+                self.write_status()
+            await trio.sleep(SCALE_POLL)
+
     async def report(self) -> None:
         while True:
             self.write_status()
@@ -185,8 +273,11 @@ class ClusterProcess:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.dns.serve)
+                await nursery.start(self.federation.run)
+                self.load_imports()
                 await nursery.start(self.cp.run)
                 self.publish()
+                nursery.start_soon(self.watch_links)
                 nursery.start_soon(self.watch_overrides)
                 nursery.start_soon(self.report)
                 nursery.start_soon(self.report_acks)
@@ -195,6 +286,18 @@ class ClusterProcess:
                     log.info("stopping on %s", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
+
+
+def next_version(layout: Layout, cluster: str) -> int:
+    """The number to accept the first config as: one past what a previous control plane of this
+    run served (its status file survives it), so that a restart never numbers a different
+    config like one the proxies already hold."""
+    try:
+        doc = json.loads(layout.cp_status(cluster).read_text())
+        served = int(((doc.get("controlPlane") or {}).get("config") or {}).get("version") or 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+    return max(served, 0) + 1
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ sidecar - because the cluster's control plane publishes the plan it serves (afte
 Layout of ``DIR/.meshfed``::
 
     state.json  scale.json                      supervisor state; scale overrides
+    links.json                                  fedctl link / apply (kept across runs, see _link_store)
     ca/                                         root, <cluster>/ (Istio cacerts), <cluster>/bootstrap-secret
     cp/<cluster>.json                           the control plane's status and plan, rewritten every second
     proxies/<cluster>/<namespace>.<instance>/   config.json, cert.pem, key.pem, chain.pem, token
@@ -208,6 +209,23 @@ def sidecar_spec(plan: InstancePlan, layout: Layout, base: Mapping[str, str], wi
         argv = [sys.executable, "-m", "federation", "proxy", "--config", str(layout.proxy_config(plan))]
     return ProcessSpec(f"{plan.cluster}/{plan.name}/sidecar", tuple(argv),
                        layout.log(plan.cluster, f"{plan.name}.sidecar"), dict(base), str(layout.mesh_dir))
+
+
+GATEWAY_NAMESPACE, GATEWAY_WORKLOAD = "istio-system", "istio-eastwestgateway"
+
+
+def gateway_plan(cluster: str, address: str, trust_domain: str, locality: str = "", network: str = "") -> InstancePlan:
+    """The east-west gateway of a cluster as an instance without an app: its proxy runs
+    ``node.role: eastwest`` (see ``_federation_gateway``), configured like a sidecar."""
+    return InstancePlan(cluster, GATEWAY_NAMESPACE, GATEWAY_WORKLOAD, f"{GATEWAY_WORKLOAD}-0", address,
+                        GATEWAY_WORKLOAD, trust_domain, locality, network)
+
+
+def gateway_spec(plan: InstancePlan, layout: Layout, base: Mapping[str, str], wiring: str,
+                 control_plane: str) -> ProcessSpec:
+    spec = sidecar_spec(plan, layout, base, wiring, control_plane)
+    return ProcessSpec(f"{plan.cluster}/gateway", spec.argv, layout.log(plan.cluster, "eastwest-gateway"),
+                       spec.env, spec.cwd)
 
 
 def control_plane_spec(cluster: str, address: str, layout: Layout, base: Mapping[str, str],

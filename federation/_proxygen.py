@@ -29,8 +29,16 @@ ServiceEntry hosts whose ``exportTo`` excludes the proxy's namespace; VirtualSer
 DestinationRules and ServiceEntries by ``exportTo`` (empty is ``*``, ``.`` the
 resource's namespace; a DestinationRule with a workloadSelector only in its own);
 PeerAuthentications and AuthorizationPolicies of the proxy's namespace and the root
-namespace (the proxy matches their selectors). An endpoint on another network carries
-``gateway``: its cluster's east-west gateway (the block's ``.2`` by default) on :15443.
+namespace (the proxy matches their selectors).
+
+Endpoints carry Istio's topology labels (``topology.istio.io/cluster``,
+``topology.kubernetes.io/region``, ...) so that subsets - a global VirtualService's
+split across regions - can select by them. Endpoints on another network are not listed
+one by one: they are grouped behind their cluster's east-west gateway (the block's
+``.2`` on :15443, or the gateway a linked peer announced: ``registry.gateways``), one
+entry per cluster, locality and label set weighted by its healthy endpoints
+(``_federation_model.gateway_groups``). Each cluster's gateway is a placement of its
+own (``_federation_gateway``) whose document has ``node.role: eastwest``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,10 @@ from topology import Endpoint, Placement, Resource, Service, ServiceRegistry
 from topology._hostname import canonical
 
 from ._configsource import ConfigVersion
+from ._federation_gateway import (
+    exported_names, gateway_listeners, gateway_placements, is_gateway, local_services,
+)
+from ._federation_model import gateway_groups, topology_labels
 
 OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT, GATEWAY_PORT = 15001, 15006, 15000, 15443  # DESIGN.md ports
 ROOT_NAMESPACE = "istio-system"  # Istio's rootNamespace default
@@ -139,6 +151,8 @@ class ProxyGenerator:
             self._by_key = previous._by_key  # the registry was reused: so were the placements
         else:
             self._by_key = {(p.cluster, p.namespace, p.instance): p for p in version.placements}
+            for p in gateway_placements(version.mesh):
+                self._by_key[(p.cluster, p.namespace, p.instance)] = p
         self._gateways: dict[str, str] = {}
         self._network_gateways: dict[str, str] = {}
         self._trust_domains: dict[str, str] = {}
@@ -147,6 +161,7 @@ class ProxyGenerator:
             if c.gateway_address:
                 self._gateways[c.name] = f"{c.gateway_address}:{GATEWAY_PORT}"
                 self._network_gateways.setdefault(c.network or c.name, self._gateways[c.name])
+        self._gateways.update(getattr(self.registry, "gateways", None) or {})  # announced by linked peers
         self._limited = self._export_limits()
         self._hidden: dict[str, frozenset[str]] = {}
         self._services: dict[tuple[str, frozenset[str]], tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
@@ -207,26 +222,39 @@ class ProxyGenerator:
         key = (svc, network)
         piece = self._service_json.get(key) or self._prev_service_json.get(key)
         if piece is None:
+            local = [e for e in svc.endpoints if not (e.network and network and e.network != network)]
+            remote = [e for e in svc.endpoints if e.network and network and e.network != network]
             out: dict[str, Any] = {"hostname": svc.hostname.name, "namespace": svc.namespace, "name": svc.name,
-                                   "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol.lower(),
-                                              "targetPort": p.target_port} for p in svc.ports],
-                                   "endpoints": [self._endpoint(e, network) for e in svc.endpoints]}
+                                   "ports": self._ports(svc),
+                                   "endpoints": [self._endpoint(e, network) for e in local]}
+            if remote:
+                out["endpoints"] += gateway_groups(remote, self._gateway_by_cluster(remote))
             if svc.is_external:
                 out["external"] = True
             piece = _dumps(out)
         self._service_json[key] = piece
         return piece
 
+    @staticmethod
+    def _ports(svc: Service) -> list[dict[str, Any]]:
+        return [{"name": p.name, "port": p.port, "protocol": p.protocol.lower(), "targetPort": p.target_port}
+                for p in svc.ports]
+
+    def _gateway_by_cluster(self, endpoints: list[Endpoint]) -> dict[str, str]:
+        out = {}
+        for e in endpoints:
+            gateway = self._gateways.get(e.cluster) or self._network_gateways.get(e.network)
+            if gateway:
+                out[e.cluster] = gateway
+        return out
+
     def _endpoint(self, e: Endpoint, network: str) -> dict[str, Any]:
         """EndpointSpec fields, defaults left out (weight 1, healthy, empty strings)."""
         out: dict[str, Any] = {"address": e.address, "port": e.port,
                                "proxyPort": INBOUND_PORT if e.instance else 0}  # an instance has a sidecar
-        if e.network and network and e.network != network:
-            gateway = self._gateways.get(e.cluster) or self._network_gateways.get(e.network)
-            if gateway:
-                out["gateway"] = gateway
         out.update((k, v) for k, v in (
-            ("labels", dict(e.labels)), ("locality", str(e.locality)), ("cluster", e.cluster),
+            ("labels", topology_labels(e) if e.cluster else dict(e.labels)), ("locality", str(e.locality)),
+            ("cluster", e.cluster),
             ("network", e.network), ("serviceAccount", e.service_account), ("instance", e.instance),
             ("weight", e.weight if e.weight != 1 else 0), ("healthy", False if not e.healthy else None),
             ("servicePort", e.service_port)) if v or v is False)
@@ -263,9 +291,11 @@ class ProxyGenerator:
 
     # -- one proxy ---------------------------------------------------------------------
 
-    def _head(self, p: Placement) -> bytes:
+    def _head(self, p: Placement, role: str = "sidecar") -> bytes:
         source = p.source
-        if hasattr(source, "ports") and hasattr(source, "cluster_names"):  # a Mesh Workload
+        if role != "sidecar":
+            ports: list[dict[str, Any]] = []
+        elif hasattr(source, "ports") and hasattr(source, "cluster_names"):  # a Mesh Workload
             ports = [{"port": wp.target_port, "protocol": wp.protocol.value} for wp in source.ports]
         else:  # a Kubernetes workload: the ports its Services' endpoints give it
             ports = [{"port": e.port, "protocol": _APP_PROTOCOLS.get(proto, "tcp")}
@@ -281,6 +311,9 @@ class ProxyGenerator:
                           "admin": f"{addr}:{ADMIN_PORT}"},
             "app": {"address": addr, "ports": ports},
         }
+        if role != "sidecar":
+            spec["node"]["role"] = role
+            spec["listeners"] = gateway_listeners(p)
         tls = self.tls(p) if self.tls is not None else None
         if tls is not None:
             spec["tls"] = tls.to_json()
@@ -297,7 +330,23 @@ class ProxyGenerator:
                     seen[e.port] = (e, port.protocol if port is not None else "TCP")
         return list(seen.values())
 
+    def _gateway_parts(self, p: Placement) -> tuple[bytes, bytes]:
+        """An east-west gateway's services (its cluster's, local endpoints only) and resources
+        (the DestinationRules, for subsets); see ``_federation_gateway``."""
+        exported = exported_names(self.version.resources)
+        pieces = []
+        for svc, eps in local_services(self.registry, p.cluster):
+            out: dict[str, Any] = {"hostname": svc.hostname.name, "namespace": svc.namespace, "name": svc.name,
+                                   "ports": self._ports(svc), "endpoints": [self._endpoint(e, p.network) for e in eps]}
+            if (svc.namespace, svc.name) in exported:
+                out["exported"] = True
+            pieces.append(_dumps(out))
+        rules = [self._resource_piece(r) for r in self.version.resources if r.kind == "DestinationRule"]
+        return b",".join(pieces), b'],"resources":[' + b",".join(rules) + b"]"
+
     def document(self, p: Placement) -> ProxyDocument:
+        if is_gateway(p):
+            return self._gateway_document(p)
         head = self._head(p)
         services, service_ids = self._services_part(p.network, p.namespace)
         resources, resources_id = self._resources_part(p.namespace)
@@ -306,6 +355,16 @@ class ProxyGenerator:
         digest = hashlib.sha256(" ".join(content).encode()).hexdigest()
         tail = b',"version":' + _dumps(str(self.version.number)) + b"}}"
         return ProxyDocument(p.instance, self.version.number, digest, (head, *services, resources, tail),
+                             (*content, part_id(tail)))
+
+
+    def _gateway_document(self, p: Placement) -> ProxyDocument:
+        head = self._head(p, role="eastwest")
+        services, resources = self._gateway_parts(p)
+        content = tuple(part_id(x) for x in (head, services, resources))
+        digest = hashlib.sha256(" ".join(content).encode()).hexdigest()
+        tail = b',"version":' + _dumps(str(self.version.number)) + b"}}"
+        return ProxyDocument(p.instance, self.version.number, digest, (head, services, resources, tail),
                              (*content, part_id(tail)))
 
 

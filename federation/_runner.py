@@ -18,9 +18,14 @@ With ``wiring="files"`` the supervisor issues each instance's SVID from the clus
 and starts the sidecar once its control plane has written its config document; with
 ``"discovery"`` it writes a bootstrap token and starts the sidecar at once.
 
+Each cluster with a gateway address also runs its east-west gateway (``<cluster>/gateway``):
+a proxy in the eastwest role at the block's ``.2``, configured and certified like a
+sidecar (identity ``.../ns/istio-system/sa/istio-eastwestgateway``), ready once its
+admin ``/ready`` answers; the mesh is ready only with every gateway ready.
+
 Cancelling ``run`` stops everything in order, shielded from the cancellation: apps
-first (they drain), then sidecars, then control planes; each group gets ``grace``
-seconds after SIGTERM before SIGKILL.
+first (they drain), then sidecars, then gateways, then control planes; each group gets
+``grace`` seconds after SIGTERM before SIGKILL.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from trustdomain._files import write_private
 
 from ._launch import (
     ADMIN_PORT, DISCOVERY_PORT, DNS_PORT, METRICS_PORT, InstancePlan, Layout, app_spec, control_plane_spec,
-    sidecar_spec,
+    gateway_plan, gateway_spec, sidecar_spec,
 )
 from ._probe import accepts, http_get
 from ._state import (
@@ -57,12 +62,31 @@ HEARTBEAT = 5.0
 TOKEN_TTL = dt.timedelta(hours=1)
 
 
+GATEWAY_PORT = 15443
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterInfo:
     name: str
     trust_domain: str
     address_block: str
     address: str
+    gateway_address: str = ""
+    """The east-west gateway's address (no gateway process when empty)."""
+    locality: str = ""
+    network: str = ""
+
+
+@dataclass(slots=True)
+class _Gateway:
+    plan: InstancePlan
+    started: bool = False
+    ready: bool = False
+    next_probe: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.plan.cluster}/gateway"
 
 
 @dataclass(slots=True)
@@ -109,6 +133,9 @@ class MeshRunner:
         self.error: str | None = None
         self.me = ProcessRecord("supervisor", os.getpid(), process_start_time(os.getpid()), "running")
         self._initial = plans
+        self.gateways = {c.name: _Gateway(gateway_plan(c.name, c.gateway_address, c.trust_domain, c.locality,
+                                                       c.network))
+                         for c in clusters if c.gateway_address}
         self._written: tuple[str, float] | None = None
         self._cas: dict[str, Any] = {}
         self._stopping: set[str] = set()
@@ -127,7 +154,9 @@ class MeshRunner:
         clusters = tuple(ClusterRecord(
             c.name, c.trust_domain, c.address_block, c.address, f"{c.address}:{DISCOVERY_PORT}",
             f"{c.address}:{METRICS_PORT}", f"{c.address}:{DNS_PORT}", self._record(f"{c.name}/control-plane"),
-            self.cp_ready[c.name]) for c in self.clusters.values())
+            self.cp_ready[c.name], self._record(f"{c.name}/gateway") if c.name in self.gateways else None,
+            f"{c.gateway_address}:{GATEWAY_PORT}" if c.name in self.gateways else "",
+            self.gateways[c.name].ready if c.name in self.gateways else False) for c in self.clusters.values())
         workloads = tuple(WorkloadRecord(*k, n) for k, n in sorted(self.workloads.items()))
         instances = tuple(InstanceRecord(
             i.plan.cluster, i.plan.namespace, i.plan.workload, i.plan.instance, i.plan.address,
@@ -198,6 +227,30 @@ class MeshRunner:
         cp = self.clusters[inst.plan.cluster].address
         inst.sidecar_started = True
         self._start(sidecar_spec(inst.plan, self.layout, self.env, self.wiring, cp))
+
+    def _maybe_start_gateway(self, gw: _Gateway) -> None:
+        if gw.started:
+            return
+        if self.wiring == "files" and not self.layout.proxy_config(gw.plan).exists():
+            return
+        if self.wiring == "discovery" and not self.cp_ready[gw.plan.cluster]:
+            return
+        gw.started = True
+        try:
+            self._credentials(gw.plan)
+        except (OSError, TrustDomainError) as exc:
+            log.error("%s: no credentials for the east-west gateway: %s", gw.plan.cluster, exc)
+            return
+        self._start(gateway_spec(gw.plan, self.layout, self.env, self.wiring, self.clusters[gw.plan.cluster].address))
+
+    async def probe_gateway(self, gw: _Gateway, now: float) -> None:
+        child = self.sup.children.get(gw.name)
+        if child is None or child.state != "running":
+            gw.ready = False
+        elif not gw.ready or now >= gw.next_probe:
+            status, _ = await http_get(gw.plan.address, ADMIN_PORT, "/ready")
+            gw.ready = status == 200
+            gw.next_probe = now + PROBE_READY_EVERY
 
     async def stop_instance(self, inst: _Instance) -> None:
         """App first, then its sidecar; forgotten once reaped (if cancelled, ``shutdown`` kills them)."""
@@ -329,6 +382,8 @@ class MeshRunner:
                 nursery.start_soon(self.probe_control_plane, name)
             for inst in list(self.instances.values()):
                 nursery.start_soon(self.probe_instance, inst, now)
+            for gw in self.gateways.values():
+                nursery.start_soon(self.probe_gateway, gw, now)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -360,6 +415,8 @@ class MeshRunner:
         self.follow_plans(nursery)
         for inst in self.instances.values():
             self._maybe_start_sidecar(inst)
+        for gw in self.gateways.values():
+            self._maybe_start_gateway(gw)
 
     async def shutdown(self) -> None:
         self.phase = "stopping"
@@ -370,6 +427,7 @@ class MeshRunner:
         sidecars = [i.sidecar for i in self.instances.values()]
         await self.stop_children(apps)
         await self.stop_children(sidecars)
+        await self.stop_children([gw.name for gw in self.gateways.values()])
         await self.stop_children([f"{c}/control-plane" for c in self.clusters])
         self.sup.kill(list(self.sup.children))
         self.phase = "stopped"

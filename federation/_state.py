@@ -82,6 +82,11 @@ class ClusterRecord:
     control_plane: ProcessRecord
     ready: bool = False
     """The control plane answers (discovery port accepts, first config accepted)."""
+    gateway: ProcessRecord | None = None
+    """The cluster's east-west gateway process; None when the cluster runs none."""
+    gateway_address: str = ""
+    """Its passthrough listener, ``host:15443``."""
+    gateway_ready: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,7 @@ class MeshState:
     def processes(self) -> list[ProcessRecord]:
         """Every process recorded, control planes last (the order ``down`` stops them)."""
         out = [i.app for i in self.instances] + [i.sidecar for i in self.instances]
+        out += [c.gateway for c in self.clusters if c.gateway is not None]
         return out + [c.control_plane for c in self.clusters]
 
     def pids(self) -> list[int]:
@@ -156,7 +162,8 @@ class MeshState:
 
     @property
     def ready(self) -> bool:
-        return bool(self.clusters) and all(c.ready for c in self.clusters) and all(i.ready for i in self.instances)
+        return (bool(self.clusters) and all(c.ready and (c.gateway is None or c.gateway_ready) for c in self.clusters)
+                and all(i.ready for i in self.instances))
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **_encode(self)}
@@ -203,7 +210,8 @@ def _decode(cls: Any, doc: Mapping[str, Any]) -> Any:
 _NESTED.update({
     "MeshState.supervisor": ProcessRecord, "MeshState.clusters": ClusterRecord,
     "MeshState.workloads": WorkloadRecord, "MeshState.instances": InstanceRecord,
-    "ClusterRecord.control_plane": ProcessRecord, "InstanceRecord.app": ProcessRecord,
+    "ClusterRecord.control_plane": ProcessRecord, "ClusterRecord.gateway": ProcessRecord,
+    "InstanceRecord.app": ProcessRecord,
     "InstanceRecord.sidecar": ProcessRecord,
 })
 

@@ -7,6 +7,8 @@ JSON (``--output json``)::
                    "trustDomain", "addressBlock",
                    "controlPlane": {"state", "restarts", "log", "configVersion", "refusedTotal",
                                     "lastRefusal", "connectedProxies", "certificatesIssued"},
+                   "gateway": {"pid", "address", "ready", "state", "restarts", "log"} | null,
+                   "links": [{"from", "to", "state", "lastSync", "exported", "imported", ...}],
                    "workloads": [{"name", "namespace", "ready", "replicas", "address", "addresses",
                                   "pids", "instances": [{"name", "address", "ready", "appReady",
                                   "sidecarReady", "pids", "spiffeId", "configVersion", "ackedVersion", "inSync",
@@ -71,8 +73,13 @@ def status_json(state: MeshState, layout: Layout) -> dict[str, Any]:
                               "address": insts[0].address if insts else None,
                               "addresses": [i.address for i in insts],
                               "pids": [p for i in insts for p in _pids(i)], "instances": rows})
+        gw = c.gateway
+        gateway = None if gw is None else {"pid": gw.pid, "address": c.gateway_address, "ready": c.gateway_ready,
+                                           "state": gw.state, "restarts": gw.restarts, "log": gw.log}
         clusters.append({
-            "name": c.name, "ready": c.ready and all(w["ready"] for w in workloads), "dns": c.dns,
+            "name": c.name, "ready": c.ready and (gw is None or c.gateway_ready) and all(w["ready"] for w in workloads),
+            "dns": c.dns, "gateway": gateway,
+            "links": (report.get("federation") or {}).get("links", []) if current else [],
             "pid": c.control_plane.pid, "address": c.address, "discovery": c.discovery, "metrics": c.metrics,
             "trustDomain": c.trust_domain, "addressBlock": c.address_block,
             "controlPlane": {"ready": c.ready, "state": c.control_plane.state, "restarts": c.control_plane.restarts,
@@ -94,12 +101,15 @@ def status_text(doc: dict[str, Any]) -> str:
     sup = doc["supervisor"]
     head = (f"mesh {doc['dir']}: {doc['phase']}, {'ready' if doc['ready'] else 'not ready'} "
             f"(supervisor pid {sup['processId']}{'' if sup['running'] else ', gone'}; config by {doc['wiring']})")
-    rows = [("CLUSTER", "READY", "CONTROL PLANE", "PID", "CONFIG", "DNS", "REFUSED")]
+    rows = [("CLUSTER", "READY", "CONTROL PLANE", "PID", "CONFIG", "DNS", "REFUSED", "GATEWAY", "LINKS")]
     for c in doc["clusters"]:
         cp = c["controlPlane"]
+        gw = c.get("gateway")
+        links = ", ".join(f"{l['to']} {l['state']}" for l in c.get("links") or []) or "-"
         rows.append((c["name"], _yes(c["ready"]), c["discovery"], str(c["pid"] or "-"),
                      f"v{cp['configVersion']}" if cp["configVersion"] is not None else "-", c["dns"],
-                     str(cp["refusedTotal"])))
+                     str(cp["refusedTotal"]),
+                     f"{gw['address']} {'ready' if gw['ready'] else 'not ready'}" if gw else "-", links))
     wrows = [("CLUSTER", "WORKLOAD", "INSTANCE", "ADDRESS", "READY", "APP/SIDECAR PIDS", "CONFIG", "CERT EXPIRES")]
     for c in doc["clusters"]:
         for w in c["workloads"]:

@@ -49,7 +49,7 @@ from ._launch import (
     base_environment, bootstrap_secret, plans_of,
 )
 from ._progress import Progress, listen_table, not_ready_report
-from ._runner import ClusterInfo, MeshRunner
+from ._runner import GATEWAY_PORT, ClusterInfo, MeshRunner
 from ._scale import replica_counts, scale_path
 from ._state import MeshState, StateError, alive, clean_stale, read_state, remember, state_path
 
@@ -95,7 +95,9 @@ def load_topology(mesh_dir: Path) -> Topology:
     except RegistryError as exc:
         raise FederationError(f"{mesh_dir}: {exc}") from None
     clusters = [ClusterInfo(c.name, c.trust_domain or f"{c.name}.meshfed.local", c.address_block,
-                            c.control_plane_address or "") for c in mesh.clusters]
+                            c.control_plane_address or "", c.gateway_address or "",
+                            str(c.locality) if c.locality is not None else "", c.network or c.name)
+                for c in mesh.clusters]
     return Topology(mesh, placed, plans_of(placed, mesh), clusters)
 
 
@@ -152,6 +154,8 @@ def refuse_if_running(mesh_dir: Path) -> None:
 def addresses_taken(topology: Topology) -> list[str]:
     """``host:port`` of every address the mesh will listen on that something else holds now."""
     wanted = [(c.address, port) for c in topology.clusters for port in (DISCOVERY_PORT, METRICS_PORT, DNS_PORT)]
+    wanted += [(c.gateway_address, port) for c in topology.clusters if c.gateway_address
+               for port in (GATEWAY_PORT, ADMIN_PORT)]
     for plan in topology.plans:
         wanted += [(plan.address, port) for port in (OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT)]
         wanted += [(plan.address, p.target) for p in plan.ports]

@@ -116,7 +116,7 @@ def test_example_reviews_destination_rule_has_three_subsets_and_outlier_detectio
     import yaml
     docs = list(yaml.safe_load_all((EXAMPLE / "istio" / "destination-rules.yaml").read_text()))
     reviews = next(d for d in docs if d["metadata"]["name"] == "reviews")
-    assert [s["name"] for s in reviews["spec"]["subsets"]] == ["v1", "v2", "v3"]
+    assert [s["name"] for s in reviews["spec"]["subsets"]] == ["v1", "v2", "v3", "us-east", "us-west"]  # + regions
     assert "outlierDetection" in reviews["spec"]["trafficPolicy"]
 
 

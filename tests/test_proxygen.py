@@ -164,7 +164,10 @@ def test_endpoints_behind_sidecars_use_port_15006_and_external_ones_none(version
     assert services["api.example.com"]["endpoints"] == [{"address": "10.0.0.1", "port": 443, "proxyPort": 0,
                                                          "servicePort": 443}]
     assert services["reviews.bookinfo.svc.cluster.local"]["endpoints"][0] == {
-        "address": "127.83.0.11", "port": 9080, "proxyPort": 15006, "labels": {"app": "reviews", "version": "v1"},
+        "address": "127.83.0.11", "port": 9080, "proxyPort": 15006,
+        "labels": {"app": "reviews", "version": "v1", "topology.istio.io/cluster": "east",
+                   "topology.istio.io/network": "net-east", "topology.kubernetes.io/region": "us-east",
+                   "topology.kubernetes.io/zone": "a"},
         "locality": "us-east/a", "cluster": "east", "network": "net-east", "serviceAccount": "reviews-v1",
         "instance": "reviews-v1-0", "servicePort": 9080}
 
@@ -178,8 +181,10 @@ def test_cluster_view_keeps_only_the_clusters_own_endpoints(version: ConfigVersi
 def test_endpoints_on_another_network_go_through_that_clusters_gateway(version: ConfigVersion) -> None:
     spec = doc(version, "productpage-0")["spec"]  # the whole topology's registry
     reviews = next(s for s in spec["services"] if s["hostname"] == "reviews.bookinfo.svc.cluster.local")
-    assert [(e["instance"], e.get("gateway")) for e in reviews["endpoints"]] == [
-        ("reviews-v1-0", None), ("reviews-v2-0", "127.84.0.2:15443")]
+    assert [(e.get("instance"), e.get("gateway")) for e in reviews["endpoints"]] == [
+        ("reviews-v1-0", None), (None, "127.84.0.2:15443")]
+    group = reviews["endpoints"][1]
+    assert (group["address"], group["port"], group["weight"], group["cluster"]) == ("127.84.0.2", 15443, 1, "west")
 
 
 def test_kubernetes_workload_app_ports_come_from_the_services_selecting_it(tmp_path: Path) -> None:

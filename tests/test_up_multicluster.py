@@ -97,8 +97,10 @@ def test_every_cluster_and_workload_is_ready(mesh, capsys) -> None:
     assert echo["spiffeId"] == "spiffe://east-a.meshfed.local/ns/demo/sa/echo"
     assert (echo["configVersion"], echo["ackedVersion"], echo["lastNack"]) == ("1", "1", None)
     assert echo["certificateExpiry"] > doc["updatedAt"]
-    control_plane = doc["clusters"][0]["controlPlane"]  # every sidecar subscribed, each got its SVID by CSR
-    assert (control_plane["connectedProxies"], control_plane["certificatesIssued"]) == (5, 5)
+    control_plane = doc["clusters"][0]["controlPlane"]  # every sidecar and the east-west gateway subscribed,
+    assert (control_plane["connectedProxies"], control_plane["certificatesIssued"]) == (6, 6)  # each SVID by CSR
+    gateway = doc["clusters"][0]["gateway"]
+    assert (gateway["address"], gateway["ready"], isinstance(gateway["pid"], int)) == ("127.1.1.2:15443", True, True)
 
 
 @pytest.mark.parametrize("cluster", CLUSTERS)
@@ -159,10 +161,11 @@ def test_down_without_dir_leaves_no_process_behind(mesh, capsys) -> None:
     doc = status(mesh_dir, capsys)
     pids = [doc["supervisor"]["processId"]] + [c["pid"] for c in doc["clusters"]]
     pids += [p for c in doc["clusters"] for w in c["workloads"] for p in w["pids"]]
-    assert len(pids) == 1 + 3 + 2 * 13
+    pids += [c["gateway"]["pid"] for c in doc["clusters"]]  # each cluster's east-west gateway
+    assert len(pids) == 1 + 3 + 2 * 13 + 3
     down = fedctl(env, "down")
     assert down.returncode == 0, down.stderr
-    assert down.stdout.endswith("stopped 29 process(es) of 3 cluster(s)\n")
+    assert down.stdout.endswith("stopped 32 process(es) of 3 cluster(s)\n")
     assert [p for p in pids if alive(p)] == []
     assert not (mesh_dir / ".meshfed" / "state.json").exists()
 
