@@ -147,7 +147,10 @@ def run_down(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from ._launch import Layout
     from ._status import status_json, status_text
+    from ._drill_journal import recover
     mesh_dir = resolve_dir(args.dir)
+    for line in recover(mesh_dir):  # a drill interrupted by a crash is undone here too (issue 8)
+        print(f"drill undone: {line}", file=sys.stderr)
     state = read_state(mesh_dir)
     doc = status_json(state, Layout(mesh_dir))
     if args.output == "json":

@@ -19,15 +19,22 @@ COMMAND_MODULES = (
     "federation._cli_ca",
     "federation._cli_proxy",
     "federation._cli_up",
+    "federation._cli_link",
+    "federation._cli_drill",
 )
+PROXY_COMMAND = "federation._cli_proxy"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; with ``only`` (a command module), just that command - ``fedctl proxy``
+    runs for the life of a sidecar and should not hold every other command's imports."""
     parser = argparse.ArgumentParser(
         prog="fedctl",
         description="meshfed: a multi-cluster service mesh driven by the Istio YAML you already write.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -39,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(PROXY_COMMAND if argv[:1] == ["proxy"] else None)
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error; argparse already printed
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:
