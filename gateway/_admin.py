@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import Request
 from ._downstream import Downstream, serve_http1
+from ._h2relay import H2_PROTOCOLS, h2_key
 from ._metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -102,18 +103,29 @@ def _cluster(c: ClusterConfig) -> dict[str, Any]:
     }
 
 
+def connection_stats(proxy: Proxy, c: ClusterConfig, target: Any) -> dict[str, int]:
+    """A host's upstream connections, both pools together as Envoy counts ``cx_active``; for
+    a cluster spoken in HTTP/2 also its HTTP/2 pool's part and the streams open on it."""
+    pool = proxy.pool.stats.get(target.pool_key)
+    cx_active, cx_total = (pool.cx_active, pool.cx_total) if pool else (0, 0)
+    if c.protocol not in H2_PROTOCOLS:
+        return {"cx_active": cx_active, "cx_total": cx_total}
+    h2_active, h2_total, streams = proxy.h2pool.counts(
+        h2_key(target.address, target.port, target.sni if target.tls else ""))
+    return {"cx_active": cx_active + h2_active, "cx_total": cx_total + h2_total, "h2_cx_active": h2_active,
+            "h2_cx_total": h2_total, "h2_streams_active": streams}
+
+
 def clusters_json(proxy: Proxy) -> dict[str, Any]:
     out = []
     for c in proxy.snapshot.clusters.values():
         hosts = []
         for h in c.hosts:
             t = h.endpoint
-            pool = proxy.pool.stats.get(t.pool_key)
             hosts.append({"address": h.key, "via": t.authority, "healthy": t.endpoint.healthy, "weight": h.weight,
                           "locality": h.locality, "priority": c.priority_of(h.key), "gateway": t.endpoint.gateway,
                           "health_flags": health_flags(c, h),
-                          "stats": {**t.stats.as_dict(), "cx_active": pool.cx_active if pool else 0,
-                                    "cx_total": pool.cx_total if pool else 0}})
+                          "stats": {**t.stats.as_dict(), **connection_stats(proxy, c, t)}})
         entry: dict[str, Any] = {"name": c.name, "hosts": hosts, "circuit_breakers": c.breaker.stats}
         if c.outlier is not None:
             entry["outlier_detection"] = c.outlier.stats
@@ -139,9 +151,7 @@ def clusters_text(proxy: Proxy) -> str:
             lines.append(f"{c.name}::default_priority::{key}::{value}")
         for h in c.hosts:
             t = h.endpoint
-            pool = proxy.pool.stats.get(t.pool_key)
-            stats = {"cx_active": pool.cx_active if pool else 0, "cx_total": pool.cx_total if pool else 0,
-                     **t.stats.as_dict()}
+            stats = {**connection_stats(proxy, c, t), **t.stats.as_dict()}
             for key, value in stats.items():
                 lines.append(f"{c.name}::{h.key}::{key}::{value}")
             lines.append(f"{c.name}::{h.key}::weight::{h.weight}")

@@ -225,7 +225,9 @@ class BalancerLayer(Layer):
 
     async def _attempt(self, x: OutboundRequest, cluster: Any) -> None:
         picker = cluster.picker
-        host = picker.pick(PickContext(x.hash, x.exclude) if x.hash is not None or x.exclude else NO_CONTEXT)
+        exclude = x.exclude
+        host = picker.pick(PickContext(x.hash, exclude, x.policy.retry.retry_remote_localities)
+                           if x.hash is not None or exclude else NO_CONTEXT)
         if host is None:
             raise NoHealthyUpstreamError(cluster.name)
         x.host = x.inflight = host
@@ -291,6 +293,7 @@ class EndpointLayer(Layer):
             return
         timeouts = cluster.timeouts
         if x.upgrade:  # WebSocket: a connection of its own, a tunnel after 101
+            x.down.unwatch()  # a tunnel's half-close is not a hang-up
             conn = await open_connection(target.pool_key, self.proxy.client_mtls if target.tls else None,
                                          timeouts.connect_timeout)
             await forward_upgrade(x.down, x.head, conn, dest.response_headers, x.state)

@@ -42,9 +42,12 @@ from ._outlier import OutlierDetector, OutlierEventSink
 from ._outlier_config import OutlierConfig
 from ._sni import outbound_sni
 from ._timeouts import TimeoutPolicy
+from ._upstream import UpstreamOptions
 
 H1_ALPN = "http/1.1"
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY"})
+H2_UPSTREAM_PROTOCOLS = frozenset({"HTTP2", "GRPC"})
+"""Ports whose requests go upstream over HTTP/2 whatever the client spoke (``_h2relay.H2_PROTOCOLS``)."""
 
 
 class HostStats:
@@ -126,6 +129,8 @@ class ClusterConfig:
     limits_requests: bool = field(init=False, repr=False)
     """The breaker bounds requests (Istio's default 2^32-1 does not): only then is it asked."""
     limits_retries: bool = field(init=False, repr=False)
+    speaks_h2: bool = field(init=False, repr=False)
+    """Requests go upstream over the HTTP/2 pool: an http2/grpc port, or ``h2UpgradePolicy: UPGRADE``."""
 
     def __post_init__(self) -> None:
         cfg = self.breaker.config
@@ -135,6 +140,8 @@ class ClusterConfig:
             object.__setattr__(self, "picker", HostPicker(self.name, self.balancer))
         if self.gate is None:
             object.__setattr__(self, "gate", ConnectionGate(self.breaker, self.name))
+        object.__setattr__(self, "speaks_h2", self.protocol in H2_UPSTREAM_PROTOCOLS or (
+            self.gate.options.h2_upgrade and self.protocol in HTTP_PROTOCOLS))
 
     @property
     def outlier(self) -> OutlierDetector | None:
@@ -200,7 +207,7 @@ def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: st
         out.append(ClusterConfig(
             name, fqdn, subset, port, protocol, tuple(chosen), balancer, sni, breaker,
             TimeoutPolicy.from_istio(None, pool), HashPolicy.compile(lb.consistent_hash if lb is not None else None),
-            dr_key, picker, ConnectionGate(breaker, name)))
+            dr_key, picker, ConnectionGate(breaker, name, options=UpstreamOptions.from_istio(pool))))
     return out
 
 

@@ -23,6 +23,7 @@ import trio
 
 from ._breaker import UINT32_MAX, CircuitBreaker, Overflow, Permit, Resource
 from ._rescue import UpstreamOverflowError
+from ._upstream import DEFAULT_OPTIONS, UpstreamOptions
 
 if TYPE_CHECKING:
     from ._upstream import PoolKey, UpstreamPool
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
 class ConnectionGate:
     """Connections and pending requests of one cluster (see the module docstring)."""
 
-    __slots__ = ("breaker", "name", "keys", "on_overflow", "_lot")
+    __slots__ = ("breaker", "name", "keys", "on_overflow", "options", "_lot")
 
     def __init__(self, breaker: CircuitBreaker, name: str = "",
-                 on_overflow: Callable[[str, Overflow], None] | None = None) -> None:
+                 on_overflow: Callable[[str, Overflow], None] | None = None,
+                 options: UpstreamOptions | None = None) -> None:
         self.breaker = breaker
         self.name = name
+        self.options = options if options is not None else DEFAULT_OPTIONS
+        """How the cluster's connections are made and aged (keepalive, maxConnectionDuration)."""
         self.keys: set[PoolKey] = set()
         """Pool keys of the connections opened through this gate."""
         self.on_overflow = on_overflow

@@ -4,7 +4,13 @@
 admin): wait for a request head, hand it to the listener's handler, start the next
 cycle while the connection stays usable. Between requests a connection is only a
 timestamp in ``IdleWatch``, whose single task closes the ones idle too long - cheaper
-than a cancel scope with a deadline per request. A request that does not parse is
+than a cancel scope with a deadline per request. While a request is being served its
+connection is an entry in ``IdleWatch.busy`` instead: the same task polls those sockets
+for the client's hang-up (FIN, RST) and cancels the connection, so a request waiting on
+an upstream that never answers lets go of it (Envoy resets the upstream request when the
+downstream disconnects; the request is reported with flag ``DC``). Tunnels (CONNECT,
+WebSocket after 101) leave the watch (``Downstream.unwatch``): there a half-close is a
+legitimate message. A request that does not parse is
 answered here, with its status (400, 413, 431, 501, 505; flag DPE), and the connection
 closed. Local replies (``reply``, ``local_reply``, ``rescue``) are built by the codec,
 which adds ``connection: close`` when the connection cannot go on.
@@ -12,6 +18,7 @@ which adds ``connection: close`` when the connection cannot go on.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -25,7 +32,10 @@ from ._limits import DEFAULT_LIMITS, HttpLimits
 from ._rescue import LocalReply, rescue
 
 RECV_SIZE = 64 * 1024
+GONE_CHECK = 0.5
+"""Seconds between two polls of the busy connections for a client that hung up."""
 DONE = Http1State.DONE
+_HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 _TEXT_PLAIN = (b"content-type", b"text/plain")
 
@@ -37,7 +47,9 @@ class DownstreamGone(GatewayError):
 class Downstream:
     """The client side of one connection: its stream and server codec."""
 
-    __slots__ = ("stream", "codec", "remote_ip", "remote_port", "head_request")
+    __slots__ = ("stream", "codec", "remote_ip", "remote_port", "head_request", "watch")
+    protocol = "HTTP/1.1"
+    """The downstream protocol, as Envoy's ``%PROTOCOL%`` logs it."""
 
     def __init__(self, stream: trio.abc.Stream, limits: HttpLimits = DEFAULT_LIMITS,
                  remote: tuple[str, int] = ("", 0), preread: bytes = b"") -> None:
@@ -48,6 +60,14 @@ class Downstream:
         self.remote_ip, self.remote_port = remote
         self.head_request = False
         """The current request is a HEAD: replies carry no body."""
+        self.watch: tuple[dict[trio.CancelScope, int], trio.CancelScope] | None = None
+        """Where ``serve_http1`` registered the request being served for the hang-up watch."""
+
+    def unwatch(self) -> None:
+        """Leave the hang-up watch for the rest of this request (a tunnel: half-close is data)."""
+        watch = self.watch
+        if watch is not None:
+            watch[0].pop(watch[1], None)
 
     async def next_event(self) -> object:
         """The next event from the client, reading as needed (EOF and resets become EOF)."""
@@ -150,6 +170,30 @@ class IdleWatch:
     def __init__(self, timeout: Callable[[], float | None]) -> None:
         self.timeout = timeout
         self.waiting: dict[trio.CancelScope, float] = {}
+        self.busy: dict[trio.CancelScope, int] = {}
+        """Connections serving a request: their socket's file descriptor (module docstring)."""
+        self.hung_up = 0
+        """Connections cancelled because the client hung up in the middle of a request."""
+
+    def sweep_hung_up(self) -> int:
+        """Cancel the busy connections whose client hung up (FIN or RST seen); how many."""
+        busy = self.busy
+        if not busy:
+            return 0
+        poller = select.poll()
+        by_fd: dict[int, trio.CancelScope] = {}
+        for scope, fd in busy.items():
+            by_fd[fd] = scope
+            poller.register(fd, _HUNG_UP)
+        gone = 0
+        for fd, events in poller.poll(0):
+            scope = by_fd.get(fd)
+            if scope is not None and events & _HUNG_UP:
+                busy.pop(scope, None)
+                scope.cancel()
+                gone += 1
+        self.hung_up += gone
+        return gone
 
     def sweep(self, now: float) -> int:
         """Cancel the connections idle too long at ``now``; how many."""
@@ -167,8 +211,25 @@ class IdleWatch:
         task_status.started()
         while True:
             timeout = self.timeout()
-            await trio.sleep(1.0 if timeout is None else min(1.0, max(timeout / 4, 0.01)))
+            await trio.sleep(GONE_CHECK if timeout is None else min(GONE_CHECK, max(timeout / 4, 0.01)))
+            self.sweep_hung_up()
             self.sweep(trio.current_time())
+
+
+def stream_fd(stream: object) -> int:
+    """The file descriptor of the socket under ``stream`` (through TLS and prefix
+    wrappers), or -1 when there is none to watch."""
+    for _ in range(4):
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            try:
+                return int(sock.fileno())
+            except (OSError, ValueError):
+                return -1
+        stream = getattr(stream, "transport", None) or getattr(stream, "transport_stream", None)
+        if stream is None:
+            break
+    return -1
 
 
 async def serve_http1(down: Downstream, handle: Handler, idle: IdleWatch | None) -> None:
@@ -178,8 +239,12 @@ async def serve_http1(down: Downstream, handle: Handler, idle: IdleWatch | None)
     connection is closed."""
     codec = down.codec
     waiting = idle.waiting if idle is not None else {}
+    busy = idle.busy if idle is not None else {}
+    fd = stream_fd(down.stream) if idle is not None else -1
     now = trio.current_time
     with trio.CancelScope() as scope:
+        if fd >= 0:
+            down.watch = (busy, scope)
         try:
             while True:
                 waiting[scope] = now()
@@ -198,9 +263,15 @@ async def serve_http1(down: Downstream, handle: Handler, idle: IdleWatch | None)
                 if type(event) is not Request:
                     return  # ConnectionClosed, or PAUSED after a switch
                 down.head_request = event.method == b"HEAD"
-                if not await handle(down, event):
-                    return
+                if fd >= 0 and event.method != b"CONNECT":
+                    busy[scope] = fd
+                try:
+                    if not await handle(down, event):
+                        return
+                finally:
+                    busy.pop(scope, None)
                 if not down.can_continue():
                     return
         finally:
             waiting.pop(scope, None)
+            busy.pop(scope, None)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ._accesslog import AccessLogEntry
 from ._eastwest_routes import Backend, EastWestRoute, EastWestTable, Refusal
@@ -34,6 +33,8 @@ from ._sni import NEED_DATA, ClientHelloInfo, ClientHelloParser, MalformedHello,
 from ._tcpsplice import SpliceResult, splice
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from ._config import EastWestSpec
     from ._proxy import Proxy
     from ._snapshot import Snapshot
@@ -90,7 +91,7 @@ class EastWestListener:
         self.connect_failures = 0
         self.refused: dict[Refusal, int] = {}
         self._compiled: tuple[Snapshot, EastWestTable] | None = None
-        proxy.metrics.registry.register(_Collector(self))
+        proxy.metrics.register(_Collector(self))
 
     def table(self, snap: Snapshot | None = None) -> EastWestTable:
         """The routing table of ``snap`` (the current snapshot by default), compiled once."""
@@ -211,6 +212,8 @@ class _Collector:
         snap: Any = lst.proxy._snapshot  # noqa: SLF001 - None while the first config is being applied
         if snap is None or snap.config.spec.node.role != "eastwest":
             return
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at scrape time only
+
         refused = CounterMetricFamily("meshfed_eastwest_refused", "East-west connections closed without "
                                       "being spliced, by reason.", labels=("reason",))
         for why in Refusal:

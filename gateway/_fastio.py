@@ -154,6 +154,8 @@ class FastTlsStream(trio.abc.Stream):
         self._out: ssl.MemoryBIO = handshaken._outgoing  # type: ignore[attr-defined]
         self._sending = False
         self._closed = False
+        self._eof = False
+        """close_notify or the socket's EOF came: reads ask the SSL object first, as before."""
         self._sent = trio.lowlevel.ParkingLot()
         # trio holds back a TLS 1.3 server's session tickets until the first write
         # (OpenSSL issue 7948); they go first, ahead of anything we write.
@@ -195,31 +197,38 @@ class FastTlsStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         obj = self._ssl
+        incoming = self._in
         size = max_bytes or RECV_SIZE
         while True:
-            try:
-                data = obj.read(size)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                return b""  # close_notify
-            except ssl.SSLError as exc:
-                raise trio.BrokenResourceError(exc) from exc
-            else:
-                if self._out.pending:
-                    await self._flush()
-                if data:
-                    return data
-                await _checkpoint()
-                return b""
+            # Nothing received and not decrypted, no plaintext kept: a read could only want
+            # more (SSLWantReadError, ~3 us with its exception), so go to the socket at once.
+            if incoming.pending or obj.pending() or self._eof:
+                try:
+                    data = obj.read(size)
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLZeroReturnError:
+                    self._eof = True
+                    return b""  # close_notify
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(exc) from exc
+                else:
+                    if self._out.pending:
+                        await self._flush()
+                    if data:
+                        return data
+                    await _checkpoint()
+                    return b""
             if self._out.pending:
                 await self._flush()
             raw = await self.transport.receive_some(RECV_SIZE)
             if not raw:
                 self._in.write_eof()
+                self._eof = True
                 try:
                     obj.read(size)
                 except ssl.SSLZeroReturnError:
+                    self._eof = True
                     return b""
                 except ssl.SSLError as exc:
                     raise trio.BrokenResourceError(exc) from exc  # EOF without close_notify

@@ -49,6 +49,8 @@ class H2Downstream:
     """A server stream and its request (see the module docstring)."""
 
     __slots__ = ("stream", "request", "remote_ip", "remote_port", "head_request", "grpc", "state", "codec")
+    protocol = "HTTP/2"
+    """The downstream protocol, as Envoy's ``%PROTOCOL%`` logs it (gRPC included)."""
 
     def __init__(self, stream: H2Stream, request: Request, remote: tuple[str, int] = ("", 0)) -> None:
         self.stream = stream
@@ -99,13 +101,14 @@ class H2Downstream:
     # -- local replies ---------------------------------------------------------------------
 
     async def local_reply(self, status: int, body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
-                          close: bool = False) -> bool:
-        """Answer the request locally (Trailers-Only for gRPC); the connection always goes on."""
+                          close: bool = False, grpc: int | None = None) -> bool:
+        """Answer the request locally (Trailers-Only for gRPC, with ``grpc`` as its status
+        when given, else the one ``status`` maps to); the connection always goes on."""
         stream = self.stream
         if self.grpc:
-            given = grpc_status(headers) if status == 200 else None  # a fault's own grpc-status
+            given = grpc_status(headers) if status == 200 and grpc is None else None  # a fault's own grpc-status
             if given is None:
-                fields = [*headers, *local_reply_headers(status, body)]
+                fields = [*headers, *local_reply_headers(status, body, grpc)]
                 given = grpc_status(fields)
             else:
                 fields = [*headers, *(p for p in local_reply_headers(200, b"", given) if p[0] == b"content-type")]

@@ -37,7 +37,7 @@ _NO_OPS = HeaderOps()
 
 def needs_h2_relay(x: OutboundRequest) -> bool:
     """The endpoint layer's test: this attempt is not HTTP/1.1 at both ends."""
-    return type(x.down) is H2Downstream or x.cluster.protocol in H2_PROTOCOLS  # type: ignore[union-attr]
+    return type(x.down) is H2Downstream or (x.cluster.speaks_h2 and not x.upgrade)  # type: ignore[union-attr]
 
 
 def _down_side(down: Any, body: Any) -> H1Downstream:
@@ -50,9 +50,10 @@ async def forward_attempt_h2(x: OutboundRequest, proxy: Proxy) -> None:
     assert target is not None and cluster is not None and dest is not None and x.head is not None
     side = _down_side(x.down, x.body)
     timeout = cluster.timeouts.connect_timeout
-    if cluster.protocol in H2_PROTOCOLS:
+    if cluster.speaks_h2 and (target.tls or cluster.protocol in H2_PROTOCOLS):  # UPGRADE: to sidecars only
         key = h2_key(target.address, target.port, target.sni if target.tls else "")
-        await relay_h2(proxy, side, x.head, key, timeout, dest.response_headers, x.state, x.attempt_accept)
+        await relay_h2(proxy, side, x.head, key, timeout, dest.response_headers, x.state, x.attempt_accept,
+                       cluster.gate, cluster.timeouts.idle_timeout)
     else:
         await relay_h1(proxy, side, h1_head(x.head, x.has_body), target.pool_key, timeout, dest.response_headers,
                        x.state, x.attempt_accept, cluster.timeouts.idle_timeout, cluster.gate)
@@ -71,9 +72,10 @@ async def forward_to_app(proxy: Proxy, down: Any, head: Any, has_body: bool, add
 
 
 async def relay_h2(proxy: Proxy, side: H1Downstream, head: Any, key: PoolKey, connect_timeout: float,
-                   ops: HeaderOps, state: Exchange, accept: Any) -> None:
+                   ops: HeaderOps, state: Exchange, accept: Any, gate: Any = None,
+                   idle_timeout: float | None = None) -> None:
     pool = proxy.h2pool
-    stream = await pool.open_stream(key, connect_timeout)  # before the body: a failure leaves it intact
+    stream = await pool.open_stream(key, connect_timeout, gate, idle_timeout)  # before the body: a failure leaves it intact
     try:
         chunks, end = side.buffered_body()
     except BaseException:
@@ -90,7 +92,7 @@ async def relay_h2(proxy: Proxy, side: H1Downstream, head: Any, key: PoolKey, co
             state.bytes_in = 0
         finally:
             stream.release()
-        stream = await pool.open_stream(key, connect_timeout)
+        stream = await pool.open_stream(key, connect_timeout, gate, idle_timeout)
 
 
 async def relay_h1(proxy: Proxy, side: H1Downstream, head: Any, key: PoolKey, connect_timeout: float,

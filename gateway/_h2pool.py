@@ -15,6 +15,14 @@ connection leaves the pool when the peer sends GOAWAY (its open streams may fini
 when it breaks, and when it has had no stream for the idle timeout (``expire``, run by the
 reaper task ``run``). Every session runs in the pool's nursery; stopping the pool ends
 them all.
+
+A cluster's DestinationRule ``connectionPool`` applies as to HTTP/1.1 (``_conngate``,
+passed as ``gate``): a new connection needs a ``tcp.maxConnections`` permit, held until
+the connection ends - without one the request waits as one of
+``http1MaxPendingRequests`` (or overflows, 503 ``UO``) until a connection ends or a
+stream finishes; ``http.maxRequestsPerConnection`` and ``tcp.maxConnectionDuration``
+drain a connection (no new stream; GOAWAY once its streams are done); ``tcpKeepalive``
+is set on the socket; the cluster's ``idleTimeout`` replaces the pool's.
 """
 
 from __future__ import annotations
@@ -22,22 +30,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-
-from trustdomain import MtlsContexts
 
 from . import GatewayError
 from ._events import Role
 from ._h2session import H2Session, H2Stream, upstream_gone
 from ._limits import DEFAULT_LIMITS, HttpLimits
 from ._rescue import UpstreamConnectError, UpstreamResetError
-from ._upstream import PoolKey, UpstreamConnection, open_connection
+from ._upstream import DEFAULT_OPTIONS, PoolKey, UpstreamConnection, open_connection
+
+if TYPE_CHECKING:
+    from ._breaker import Permit
+    from ._conngate import ConnectionGate
+
+if TYPE_CHECKING:
+    from trustdomain import MtlsContexts
 
 log = logging.getLogger("meshfed.gateway.h2pool")
 
 H2_ALPN = "h2"
+UNSET = -1.0
+"""``open_stream``'s idle timeout when the caller gives none: the pool's own."""
 
 
 @dataclass
@@ -81,26 +96,48 @@ class H2Pool:
             return None
         cached = self._h2_mtls
         if cached is None or cached[0] is not base or cached[1] != base.generation:
+            from trustdomain import MtlsContexts  # cryptography: loaded only for mTLS
+
             cached = self._h2_mtls = (base, base.generation, MtlsContexts(base.svid, base.bundles, alpn=(H2_ALPN,)))
         return cached[2]
 
     def sessions(self, key: PoolKey) -> list[H2Session]:
         return list(self._sessions.get(key, ()))
 
-    async def open_stream(self, key: PoolKey, connect_timeout: float) -> H2Stream:
-        """A new stream to ``key``; ``UpstreamConnectError`` if no connection can be made."""
+    def counts(self, key: PoolKey) -> tuple[int, int, int]:
+        """(open connections, connections ever opened, streams open now) of ``key``, for ``/clusters``."""
+        stats = self.stats.get(key)
+        if stats is None:
+            return 0, 0, 0
+        return stats.cx_active, stats.cx_total, sum(s.active for s in self._sessions.get(key, ()))
+
+    async def open_stream(self, key: PoolKey, connect_timeout: float, gate: ConnectionGate | None = None,
+                          idle_timeout: float | None = UNSET) -> H2Stream:
+        """A new stream to ``key``; ``UpstreamConnectError`` if no connection can be made,
+        ``UpstreamOverflowError`` when ``gate`` allows no connection and no pending request."""
         connected = False
         while True:
-            for session in self._sessions.get(key, ()):
-                if session.has_capacity():
-                    return self._open(key, session)
+            sessions = self._sessions.get(key)
+            if sessions:
+                now = self._clock()
+                for session in tuple(sessions):
+                    if session.drain_at <= now:
+                        self._drain(key, session)
+                    elif session.has_capacity():
+                        return self._open(key, session)
             waiting = self._connecting.get(key)
             if waiting is not None:
                 await waiting.wait()
                 continue
             if connected:  # our own new connection has no room: the peer allows no stream
                 raise UpstreamResetError(f"{key[0]}:{key[1]}", "the peer allows no concurrent stream")
-            await self._connect(key, connect_timeout)
+            permit = None
+            if gate is not None and gate.limited:
+                permit = gate.try_connect(self, key)  # type: ignore[arg-type]
+                if permit is None:
+                    await gate.wait_pending()
+                    continue
+            await self._connect(key, connect_timeout, gate, permit, idle_timeout)
             connected = True
 
     def _open(self, key: PoolKey, session: H2Session) -> H2Stream:
@@ -109,19 +146,45 @@ class H2Pool:
         stats.rq_total += 1
         if session.active > stats.max_streams:
             stats.max_streams = session.active
+        if session.max_opened and session.opened >= session.max_opened:
+            self._drain(key, session)  # maxRequestsPerConnection: this was its last stream
         return stream
 
-    async def _connect(self, key: PoolKey, timeout: float) -> None:
+    def _drain(self, key: PoolKey, session: H2Session) -> None:
+        """No new stream on ``session``; it ends (GOAWAY) once its streams are done."""
+        self._drop(key, session)
+        session.close()
+
+    def evict_idle(self, keys: set[PoolKey]) -> bool:
+        """Close one connection of ``keys`` with no open stream; whether there was one
+        (``ConnectionGate.try_connect`` makes room for another host this way)."""
+        for key in keys:
+            for session in self._sessions.get(key, ()):
+                if not session.active:
+                    self._drain(key, session)
+                    return True
+        return False
+
+    async def _connect(self, key: PoolKey, timeout: float, gate: ConnectionGate | None = None,
+                       permit: Permit | None = None, idle_timeout: float | None = UNSET) -> None:
         if self._nursery is None:
+            if permit is not None:
+                permit.release()
             raise GatewayError("the HTTP/2 pool is not running")
         done = self._connecting[key] = trio.Event()
         stats = self._stats(key)
         try:
             try:
-                conn = await open_connection(key, self.h2_contexts() if key[2] else None, timeout, None, self.limits)
-            except UpstreamConnectError:
-                stats.cx_connect_fail += 1
+                conn = await open_connection(key, self.h2_contexts() if key[2] else None, timeout, None, self.limits,
+                                             gate.options if gate is not None else DEFAULT_OPTIONS)
+            except BaseException as exc:
+                if isinstance(exc, UpstreamConnectError):
+                    stats.cx_connect_fail += 1
+                if permit is not None:
+                    permit.release()
+                    gate.wake()  # type: ignore[union-attr]
                 raise
+            conn.gate, conn.permit = gate, permit  # closing the connection gives the permit back
             if key[2]:
                 alpn = getattr(conn.stream, "selected_alpn_protocol", lambda: None)()
                 if alpn != H2_ALPN:
@@ -131,6 +194,12 @@ class H2Pool:
             session = H2Session(conn.stream, Role.CLIENT, self.limits, gone=upstream_gone(conn.address),
                                 name=conn.address, peer=conn.peer)
             session.on_goaway = lambda s: self._goaway(key, s)
+            session.drain_at = conn.drain_at
+            session.pool_idle_timeout = self.idle_timeout if idle_timeout == UNSET else idle_timeout
+            if gate is not None:
+                session.max_opened = gate.breaker.config.max_requests_per_connection
+                if gate.limited:
+                    session.on_stream_done = gate.wake
             await self._nursery.start(self._run, key, session, conn)
             self._sessions.setdefault(key, []).append(session)
         finally:
@@ -161,13 +230,15 @@ class H2Pool:
                 del self._sessions[key]
 
     def expire(self, now: float) -> int:
-        """Close connections with no stream for the idle timeout; how many."""
+        """Close connections with no stream for their idle timeout, and drain those past
+        their ``maxConnectionDuration``; how many."""
         closed = 0
         for key in list(self._sessions):
             for session in list(self._sessions.get(key, ())):
-                if not session.active and session.last_active + self.idle_timeout <= now:
-                    self._drop(key, session)
-                    session.close()
+                idle = session.pool_idle_timeout
+                if session.drain_at <= now or (not session.active and idle is not None
+                                               and session.last_active + idle <= now):
+                    self._drain(key, session)
                     closed += 1
         return closed
 

@@ -28,7 +28,7 @@ import trio
 
 from ._events import Request, Role
 from ._flags import ResponseFlag
-from ._grpc import grpc_timeout
+from ._grpc import DEADLINE_EXCEEDED, grpc_timeout
 from ._h2down import H2Downstream
 from ._h2session import H2Session, H2Stream
 from ._limits import HttpLimits
@@ -118,7 +118,7 @@ class OutboundH2:
         try:
             if not down.stream.sent_head:
                 x.state.status = 504
-                await down.local_reply(504, _TIMEOUT_BODY)
+                await down.local_reply(504, _TIMEOUT_BODY, grpc=DEADLINE_EXCEEDED)  # not 504's UNAVAILABLE
         finally:
             self.proxy.report.outbound_request(x)
 

@@ -35,6 +35,7 @@ session that is ``close``d sends its own GOAWAY once its last stream is done.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,14 @@ class H2Session:
         self.goaway: GoAway | None = None
         self.closing = False
         self.on_goaway: Callable[[H2Session], None] | None = None
+        self.on_stream_done: Callable[[], None] | None = None
+        """Called when a stream ends (a pool's waiters for capacity may go on)."""
+        self.drain_at = math.inf
+        """When a pooled connection stops taking streams (``maxConnectionDuration``)."""
+        self.max_opened = 0
+        """Streams a pooled connection may carry in all (``maxRequestsPerConnection``); 0: no limit."""
+        self.pool_idle_timeout: float | None = None
+        """Seconds a pooled connection may sit without a stream; None: forever."""
         self.last_active = trio.current_time()
         self._prefix = prefix
         self._dirty = trio.Event()
@@ -297,6 +306,8 @@ class H2Session:
             self.last_active = trio.current_time()
             if self.closing:
                 self._shutdown()
+        if self.on_stream_done is not None:
+            self.on_stream_done()
 
     def close(self) -> None:
         """No new streams; GOAWAY and the end once the open ones are done."""

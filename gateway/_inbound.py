@@ -317,6 +317,8 @@ class InboundListener:
             key = (inbound.app_address, port, "", "")
             protocol = inbound.app_ports.get(port, "http")
             if upgrade is not None:  # WebSocket: a connection of its own, a tunnel after 101
+                if type(down) is Downstream:
+                    down.unwatch()  # a tunnel's half-close is not a hang-up
                 conn = await open_connection(key, None, self.proxy.app_connect_timeout)
                 await forward_upgrade(down, head, conn, state=state)
             elif type(down) is Downstream and protocol.lower() not in _H2_PROTOCOLS:
@@ -340,6 +342,13 @@ class InboundListener:
                                            "UC" if isinstance(exc, ResponseAborted) else "DC", started,
                                            state.bytes_in, state.bytes_out)
             return False
+        except BaseException:
+            # Cancelled: the HTTP/1.1 caller hung up mid-request (``IdleWatch.busy``) and the
+            # app's connection went with it (an HTTP/2 stream's reset is reported by ``_h2serve``).
+            if type(down) is Downstream and down.watch is not None:
+                self.proxy.report.inbound_http(caller.peer, port, state.status, "DC", started,
+                                               state.bytes_in, state.bytes_out)
+            raise
         self.proxy.report.inbound_http(caller.peer, port, state.status, "-", started, state.bytes_in,
                                        state.bytes_out, grpc_status=state.grpc_status)
         return state.status != 101

@@ -104,11 +104,23 @@ class TelemetryLayer(Layer):
             log.debug("outbound %s %s: %s", x.req.method, x.req.target[:200], exc)
             x.flags.append(ResponseFlag.DC)
             x.keep_alive = False
+        except BaseException:
+            # Cancelled: the HTTP/1.1 client hung up mid-request (``IdleWatch.busy``) and its
+            # connection went, upstream included; reported as Envoy does (an HTTP/2 stream's
+            # reset is reported by ``_h2serve``, which has no ``watch``).
+            if getattr(x.down, "watch", None) is not None:
+                x.flags.append(ResponseFlag.DC)
+                x.keep_alive = False
+                self.proxy.report.outbound_request(x)
+            raise
         self.proxy.report.outbound_request(x)
 
 
 class RouteLayer(Layer):
     """Route match; redirects and direct responses answered here."""
+
+    skip_to: Layer | None = None
+    """The split layer: next for a route without CORS and fault (``RouteConfig.plain_front``)."""
 
     async def handle(self, x: OutboundRequest) -> None:
         req, down = x.req, x.down
@@ -133,7 +145,7 @@ class RouteLayer(Layer):
         if kind == "direct_response":
             await x.reply(action.status, action.body, details="direct_response")
             return
-        await self.inner.handle(x)
+        await (self.skip_to if x.policy.plain_front and self.skip_to is not None else self.inner).handle(x)
 
 
 class CorsLayer(Layer):
@@ -182,6 +194,10 @@ class FaultLayer(Layer):
 class SplitLayer(Layer):
     """The weighted destination and its cluster; the head sent upstream."""
 
+    skip_to: Layer | None = None
+    """The retry layer: next when the rate-limit, mirror and route-timeout layers have
+    nothing to do (no buckets, ``RouteConfig.plain_back``, no timeout override header)."""
+
     def __init__(self, inner: Any, proxy: Proxy, rng: random.Random) -> None:
         super().__init__(inner)
         self.proxy = proxy
@@ -205,8 +221,9 @@ class SplitLayer(Layer):
             # Retry steering is never honoured; timeout overrides are, from our own app.
             x.envoy_headers = {n.decode(): v.decode("latin-1") for n, v in headers if n in _STRIPPED}
             headers = [p for p in headers if p[0] not in _STRIPPED]
-        x.hop, headers = self.proxy.telemetry.tracer.begin(
-            headers, name=f"{cluster.fqdn}:{cluster.port}/*", kind=SpanKind.CLIENT)
+        tracer = self.proxy.telemetry.tracer
+        span_name = f"{cluster.fqdn}:{cluster.port}/*" if tracer.sink is not None else ""  # unused untraced
+        x.hop, headers = tracer.begin(headers, name=span_name, kind=SpanKind.CLIENT)
         if dest.request_headers:
             headers = apply_ops(dest.request_headers, headers)
         rewrite = action.rewrite
@@ -216,7 +233,12 @@ class SplitLayer(Layer):
         if cluster.hash_policy is not None:
             x.hash = cluster.hash_policy.decide(headers=req.headers, query=rr.query,
                                                 source_ip=x.down.remote_ip).hash
-        await self.inner.handle(x)
+        skip_to = self.skip_to
+        if (skip_to is not None and x.policy.plain_back and x.envoy_headers is None
+                and not x.snap.ratelimits.has_outbound):
+            await skip_to.handle(x)
+        else:
+            await self.inner.handle(x)
 
 
 class RateLimitLayer(Layer):
@@ -277,12 +299,15 @@ def build_outbound(proxy: Proxy, rng: random.Random | None = None) -> Layer:
     stack: Layer = EndpointLayer(None, proxy)          # pooled (m)TLS connection, exchange
     stack = BalancerLayer(stack, proxy)                # host pick gated by breaker and outlier detector
     stack = PerTryTimeoutLayer(stack, proxy)           # perTryTimeout: 504 UT, retriable
-    stack = RetryLayer(stack, proxy, rng)              # retryOn, backoff, other host, URX
+    stack = retry = RetryLayer(stack, proxy, rng)      # retryOn, backoff, other host, URX
     stack = RouteTimeoutLayer(stack, proxy)            # route timeout over all attempts: 504 UT
     stack = MirrorLayer(stack, proxy.mirrors, rng)     # mirror + mirrorPercentage
     stack = RateLimitLayer(stack)                      # RateLimit per destination and route: 429 RL
-    stack = SplitLayer(stack, proxy, rng)              # weighted destination, upstream head
+    stack = split = SplitLayer(stack, proxy, rng)      # weighted destination, upstream head
     stack = FaultLayer(stack, rng)                     # delay DI, abort FI
     stack = CorsLayer(stack)                           # preflight, CORS response headers
-    stack = RouteLayer(stack)                          # route match, redirect, direct response
+    stack = route = RouteLayer(stack)                  # route match, redirect, direct response
+    # The fast path: layers with nothing to do for a request's route are stepped over.
+    route.skip_to = split
+    split.skip_to = retry
     return TelemetryLayer(stack, proxy)                # rescue, metrics, access log, span

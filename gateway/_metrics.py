@@ -16,17 +16,21 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from typing import TYPE_CHECKING, Any
 
 from ._breaker import Overflow
 from ._metrics_labels import HTTP_LABELS, TCP_LABELS, RequestLabels
 from ._outlier import OutlierAction, OutlierEvent
 from ._proxy_stats import PROXY_METRICS, StatFamily, TlsRefusal
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""The Content-Type the admin endpoint answers ``/metrics`` with."""
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+CONTENT_TYPE = "text/plain; version=1.0.0; charset=utf-8"
+"""The Content-Type the admin endpoint answers ``/metrics`` with: prometheus_client's
+``CONTENT_TYPE_LATEST`` (a test keeps the two equal), written out so that a proxy loads
+prometheus_client (~2 MB resident) at its first scrape, not at start."""
 
 BUCKETS: tuple[float, ...] = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                               60000, 300000, 600000, 1800000, 3600000)
@@ -123,12 +127,36 @@ class ProxyMetrics:
     ``render()`` for the admin ``/metrics`` endpoint. Also an ``OutlierEventSink``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        """Pass the proxy's own registry to scrape other collectors with these; never the global one."""
+        self._registry = registry
+        """Pass the proxy's own registry to scrape other collectors with these; never the
+        global one. Without one, a registry of its own is made at the first scrape."""
+        self._pending: list[Any] = []
+        """Collectors registered before the registry exists."""
         self._http: dict[RequestLabels, HttpSeries] = {}
         self._tcp: dict[RequestLabels, TcpSeries] = {}
         self._stats = {d.name: StatFamily(d) for d in PROXY_METRICS}
-        self.registry.register(_Collector(self))
+        self.register(_Collector(self))
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The prometheus_client registry with every collector registered so far."""
+        registry = self._registry
+        if registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = self._registry = CollectorRegistry()
+        pending, self._pending = self._pending, []
+        for collector in pending:
+            registry.register(collector)
+        return registry
+
+    def register(self, collector: Any) -> None:
+        """Add a collector (``describe``/``collect``) to this proxy's registry, now or at
+        the first scrape, whichever comes later."""
+        if self._registry is None:
+            self._pending.append(collector)
+        else:
+            self._registry.register(collector)
 
     # -- Istio standard metrics -------------------------------------------------
     def http(self, labels: RequestLabels) -> HttpSeries:
@@ -181,6 +209,8 @@ class ProxyMetrics:
     # -- exposition -------------------------------------------------------------
     def render(self) -> bytes:
         """Everything in Prometheus text format (``CONTENT_TYPE``)."""
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
     def value(self, name: str, **labels: str) -> float:
@@ -205,6 +235,8 @@ class _Collector:
         self._owner = owner
 
     def describe(self) -> list[Metric]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         names = ["istio_requests", "istio_tcp_sent_bytes", "istio_tcp_received_bytes",
                  "istio_tcp_connections_opened", "istio_tcp_connections_closed"]
         out: list[Metric] = [CounterMetricFamily(n, "") for n in names]
@@ -212,6 +244,8 @@ class _Collector:
         return out + [f._family() for f in self._owner._stats.values()]
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         o = self._owner
         requests = CounterMetricFamily("istio_requests", "Requests handled (Istio standard metric).",
                                        labels=HTTP_LABELS)

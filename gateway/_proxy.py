@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from prometheus_client import CollectorRegistry
-
 from topology import Diagnostic
-from trustdomain import MtlsContexts, TrustDomainError
+from trustdomain import TrustDomainError
 
 from . import GatewayError
 from ._admin import AdminServer
@@ -46,6 +44,11 @@ from ._telemetry import Telemetry
 from ._tunnel import open_to_cluster, serve_tcp_listener
 from ._snapshot import H1_ALPN, ClusterConfig, Snapshot, StatsStore, compile_snapshot
 from ._upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from trustdomain import MtlsContexts
 
 log = logging.getLogger("meshfed.gateway.proxy")
 
@@ -67,8 +70,7 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig) -> None:
         self.stats = StatsStore()
-        self.registry = CollectorRegistry()
-        self.metrics = ProxyMetrics(self.registry)
+        self.metrics = ProxyMetrics()
         self.telemetry = Telemetry(self.metrics)
         self.report = Reporting(self.metrics, self.telemetry)
         self.server_mtls: MtlsContexts | None = None
@@ -93,6 +95,11 @@ class Proxy:
         self.admin = AdminServer(self)
         self.eastwest = EastWestListener(self)
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The proxy's own prometheus_client registry (made at the first scrape)."""
+        return self.metrics.registry
+
     # -- config ---------------------------------------------------------------------------
 
     @property
@@ -114,6 +121,8 @@ class Proxy:
         Returns every diagnostic (warnings included)."""
         snap, diagnostics = compile_snapshot(config, stats=self.stats, outlier_sink=self.telemetry)
         if snap is not None and snap.tls is not None and snap.tls.fingerprint != self._tls_fingerprint:
+            from trustdomain import MtlsContexts  # cryptography: only for a proxy with a certificate
+
             try:
                 server = MtlsContexts(snap.tls.svid, snap.tls.bundles)
                 client = MtlsContexts(snap.tls.svid, snap.tls.bundles, alpn=(H1_ALPN,))

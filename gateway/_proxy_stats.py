@@ -13,8 +13,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -146,6 +148,8 @@ class StatFamily:
             raise ValueError(f"{self.definition.name} takes labels {names}, got {values!r}")
 
     def _family(self) -> Metric:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at scrape time only
+
         d = self.definition
         fam = (CounterMetricFamily if d.kind == COUNTER else GaugeMetricFamily)(d.name, d.help, labels=d.labels)
         for values, row in self._rows.items():

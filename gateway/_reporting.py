@@ -90,7 +90,7 @@ class Reporting:
         hop = x.hop
         if hop is not None and hop.sampled:
             hop.finish(status=state.status, method=x.req.method.decode("latin-1"),
-                       url=f"http://{x.authority.decode('latin-1')}{x.path_q.decode('latin-1')}", protocol="HTTP/1.1",
+                       url=f"http://{x.authority.decode('latin-1')}{x.path_q.decode('latin-1')}", protocol=x.down.protocol,
                        flags=flags, upstream_cluster=x.cluster.name if x.cluster is not None else "",
                        peer=x.target.authority if x.target is not None else "", request_size=state.bytes_in,
                        response_size=state.bytes_out)
@@ -148,7 +148,7 @@ def access_log_entry(x: OutboundRequest, flags: str) -> AccessLogEntry:
     details = x.details or ("via_upstream" if state.head_sent else None)
     return AccessLogEntry(
         start_time=x.wall_start, route_name=x.route.name if x.route is not None else None,
-        method=x.req.method.decode("latin-1"), path=x.path_q.decode("latin-1") or None, protocol="HTTP/1.1",
+        method=x.req.method.decode("latin-1"), path=x.path_q.decode("latin-1") or None, protocol=x.down.protocol,
         response_code=state.status, response_flags=flags, response_code_details=details,
         bytes_received=state.bytes_in, bytes_sent=state.bytes_out,
         duration=int((trio.current_time() - x.started) * 1000), x_forwarded_for=forwarded, user_agent=user_agent,

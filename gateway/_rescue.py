@@ -25,8 +25,9 @@ caller resets the downstream connection instead (Envoy's behaviour too).
 
 A gRPC call gets the same reply as HTTP 200 with a ``grpc-status`` (``grpc_status_for``):
 the mapping of grpc/grpc doc/http-grpc-status-mapping.md that Envoy's
-``Grpc::Utility::httpToGrpcStatus`` applies, except that a timeout (504) is
-DEADLINE_EXCEEDED - the caller's deadline, not an unavailable server.
+``Grpc::Utility::httpToGrpcStatus`` applies - 504 (a route or per-try timeout) included,
+which is UNAVAILABLE. Only the expiry of the caller's own ``grpc-timeout``, which the
+proxy answers itself (``_h2serve``), is DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -126,6 +127,10 @@ _FIXED: dict[type, LocalReply] = {
 
 def rescue(error: BaseException) -> LocalReply:
     """The reply for ``error``; anything unforeseen is a 500 with no flag (and a bug to log)."""
+    if type(error) is UpstreamConnectError:
+        # Envoy's own suffix, naming the hop and the cause (istio#45010: opaque cross-network errors).
+        return LocalReply(503, ResponseFlag.UF, (f"{RESET_PREFIX}connection failure, transport failure reason: "
+                                                 f"{error.address}: {error.reason}").encode())
     fixed = _FIXED.get(type(error))
     if fixed is not None:
         return fixed
@@ -140,7 +145,7 @@ def rescue(error: BaseException) -> LocalReply:
 
 
 # HTTP status of a local reply -> gRPC status (module docstring).
-GRPC_STATUS_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 4}
+GRPC_STATUS_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 GRPC_UNKNOWN = 2
 
 

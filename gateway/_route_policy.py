@@ -3,7 +3,9 @@
 A ``RouteDecision`` says where a request goes; its ``RouteConfig`` says how: the fault
 to inject, the retry policy, the route and per-try timeouts, the mirrors, the CORS
 policy. ``compile_route_configs`` builds one per route of the table, so a request pays
-one dict lookup (``Snapshot.route_config``) and never converts an Istio field.
+one dict lookup (``Snapshot.route_config``) and never converts an Istio field. The
+config also says which layers have nothing to do for the route (``plain_front``,
+``plain_back``): the stack skips those, most routes having no policy at all.
 
 Istio's rules applied here, once:
 - No ``retries`` block: the mesh default policy (``RetryPolicy()``); ``attempts: 0``: off.
@@ -15,7 +17,7 @@ Istio's rules applied here, once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._actions import resolve_destination
@@ -59,6 +61,14 @@ class RouteConfig:
     belong to the cluster."""
     mirrors: tuple[MirrorConfig, ...] = ()
     cors: CorsConfig | None = None
+    plain_front: bool = field(init=False, repr=False)
+    """No CORS policy and no fault: the CORS and fault layers would only pass the request on."""
+    plain_back: bool = field(init=False, repr=False)
+    """No mirrors and no timeouts: the mirror and route-timeout layers would only pass it on."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain_front", self.cors is None and self.fault is None)
+        object.__setattr__(self, "plain_back", not self.mirrors and not self.has_timeouts)
 
     @property
     def has_timeouts(self) -> bool:

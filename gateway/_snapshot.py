@@ -20,12 +20,10 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from topology import Diagnostic
-from trustdomain import Bundle, BundleSet, SpiffeId, TrustDomain, TrustDomainError, X509Svid
-from trustdomain._files import read_certificates, read_key
-from trustdomain._svid import uri_sans
+from trustdomain import TrustDomainError
 
 from ._actions import qualify_host
 from ._authz import Authorizer
@@ -42,6 +40,9 @@ from ._routing import RouteDecision, RouteTable
 from ._tcproutes import ConnectionInfo, TcpRouteTable
 from ._vsselect import ClientWorkload
 from ._xfcc import XfccConfig
+
+if TYPE_CHECKING:
+    from trustdomain import BundleSet, X509Svid
 
 _RNG = random.Random()
 __all__ = ["ClusterConfig", "H1_ALPN", "HTTP_PROTOCOLS", "HostStats", "InboundConfig", "Snapshot", "StatsStore",
@@ -224,6 +225,11 @@ def _inbound(config: ProxyConfig, tls: TlsMaterial | None) -> InboundConfig:
 
 def load_tls(tls: Any, base: Path, trust_domain: str, aliases: tuple[str, ...] = ()) -> TlsMaterial:
     """The SVID and bundles named by ``spec.tls``; paths are relative to the config file."""
+    # cryptography (~9 MB resident) only for a proxy that has a certificate
+    from trustdomain import Bundle, BundleSet, SpiffeId, TrustDomain, X509Svid
+    from trustdomain._files import read_certificates, read_key
+    from trustdomain._svid import uri_sans
+
     def path(p: str) -> Path:
         return Path(p) if os.path.isabs(p) else base / p
 

@@ -17,13 +17,20 @@ DestinationRule); ``run`` is the reaper, a task in the proxy's nursery. At most
 
 Closing is synchronous (the socket is closed, no TLS close_notify is sent, as Envoy
 resets pooled connections), so ``release`` never blocks a request's task.
+
+A cluster's DestinationRule ``connectionPool`` reaches the pool as ``UpstreamOptions`` on
+its ``ConnectionGate``: ``tcp.tcpKeepalive`` is set on each new socket (SO_KEEPALIVE,
+TCP_KEEPIDLE/INTVL/CNT), and a connection older than ``tcp.maxConnectionDuration`` takes
+no new request (Envoy drains it: the request on it finishes, then it is closed).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
+import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trustdomain import MtlsContexts, TrustDomainError
+from trustdomain import TrustDomainError
 
 from ._events import Role
 from ._fastio import FastSocketStream, FastTlsStream, connect
@@ -40,6 +47,8 @@ from ._limits import DEFAULT_LIMITS, HttpLimits
 from ._rescue import UpstreamConnectError
 
 if TYPE_CHECKING:
+    from trustdomain import MtlsContexts
+
     from ._breaker import Permit
     from ._conngate import ConnectionGate
 
@@ -49,10 +58,58 @@ PoolKey = tuple[str, int, str, str]
 """(address, port, SNI, ALPN); SNI and ALPN empty for plaintext."""
 
 
+@dataclass(frozen=True, slots=True)
+class TcpKeepaliveOptions:
+    """``tcp.tcpKeepalive``: SO_KEEPALIVE with these; None leaves the OS's value."""
+
+    time: float | None = None
+    interval: float | None = None
+    probes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOptions:
+    """How a cluster's upstream connections are made and aged (DestinationRule connectionPool)."""
+
+    keepalive: TcpKeepaliveOptions | None = None
+    """``tcp.tcpKeepalive``; None: no SO_KEEPALIVE, Envoy's default."""
+    max_connection_duration: float | None = None
+    """``tcp.maxConnectionDuration`` in seconds: older connections take no new request."""
+    h2_upgrade: bool = False
+    """``http.h2UpgradePolicy: UPGRADE``: HTTP/1.1 requests go to the peer sidecar over HTTP/2."""
+
+    @classmethod
+    def from_istio(cls, pool: Any) -> UpstreamOptions:
+        """From an Istio ``ConnectionPoolSettings`` (or None)."""
+        tcp = pool.tcp if pool is not None else None
+        http = pool.http if pool is not None else None
+        keepalive = None
+        if tcp is not None and tcp.tcp_keepalive is not None:
+            k = tcp.tcp_keepalive
+            keepalive = TcpKeepaliveOptions(k.time.seconds if k.time is not None else None,
+                                            k.interval.seconds if k.interval is not None else None, k.probes)
+        duration = tcp.max_connection_duration.seconds if tcp is not None and tcp.max_connection_duration else None
+        upgrade = http is not None and getattr(http.h2_upgrade_policy, "value", None) == "UPGRADE"
+        return cls(keepalive, duration, upgrade)
+
+
+DEFAULT_OPTIONS = UpstreamOptions()
+
+
+def set_keepalive(sock: socket.socket, keepalive: TcpKeepaliveOptions) -> None:
+    """SO_KEEPALIVE on ``sock``, with the probe timing ``keepalive`` gives (whole seconds, at least 1)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in ((socket.TCP_KEEPIDLE, keepalive.time), (socket.TCP_KEEPINTVL, keepalive.interval),
+                          (socket.TCP_KEEPCNT, keepalive.probes)):
+        if value is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, math.ceil(value)))
+
+
 class UpstreamConnection:
     """One open upstream connection and its HTTP/1.1 client codec."""
 
-    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "gate", "permit", "_raw", "_pool")
+    __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "gate", "permit", "drain_at",
+                 "_raw", "_pool")
 
     def __init__(self, key: PoolKey, stream: trio.abc.Stream, raw: FastSocketStream,
                  pool: UpstreamPool | None, limits: HttpLimits = DEFAULT_LIMITS) -> None:
@@ -69,6 +126,8 @@ class UpstreamConnection:
         self.gate: ConnectionGate | None = None
         """The cluster connection breaker this connection counts against, if any."""
         self.permit: Permit | None = None
+        self.drain_at = math.inf
+        """When this connection stops taking requests (``maxConnectionDuration``)."""
         self._raw = raw
         self._pool = pool
 
@@ -118,7 +177,8 @@ class KeyStats:
 
 async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: float,
                           pool: UpstreamPool | None = None,
-                          limits: HttpLimits = DEFAULT_LIMITS) -> UpstreamConnection:
+                          limits: HttpLimits = DEFAULT_LIMITS,
+                          options: UpstreamOptions = DEFAULT_OPTIONS) -> UpstreamConnection:
     """Connect to ``key`` (TCP, then the mTLS handshake with SNI when ``key`` names one);
     ``UpstreamConnectError`` naming the address and why on any failure."""
     address, port, sni, _ = key
@@ -127,6 +187,8 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
     try:
         with trio.fail_after(timeout):
             raw = await connect(address, port)
+            if options.keepalive is not None:
+                set_keepalive(raw.socket, options.keepalive)
             stream: trio.abc.Stream = raw
             peer = ""
             if sni:
@@ -149,6 +211,8 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
         raise
     conn = UpstreamConnection(key, stream, raw, pool, limits)
     conn.peer = peer
+    if options.max_connection_duration is not None:
+        conn.drain_at = trio.current_time() + options.max_connection_duration
     return conn
 
 
@@ -182,7 +246,7 @@ class UpstreamPool:
             idle = self._idle.get(key)
             while idle:
                 conn = idle.pop()
-                if not conn.is_stale():
+                if not conn.is_stale() and conn.drain_at > self._clock():
                     return conn, True
                 conn.close()
             if gate is None or not gate.limited:
@@ -193,7 +257,8 @@ class UpstreamPool:
             await gate.wait_pending()
         stats = self._stats(key)
         try:
-            conn = await open_connection(key, self._mtls() if key[2] else None, connect_timeout, self, self.limits)
+            conn = await open_connection(key, self._mtls() if key[2] else None, connect_timeout, self, self.limits,
+                                         gate.options if gate is not None else DEFAULT_OPTIONS)
         except BaseException as exc:
             if isinstance(exc, UpstreamConnectError):
                 stats.cx_connect_fail += 1
@@ -222,7 +287,7 @@ class UpstreamPool:
         """Give ``conn`` back: pooled when ``reusable`` and there is room, closed otherwise."""
         if conn.closed:
             return
-        if reusable:
+        if reusable and conn.drain_at > self._clock():
             idle = self._idle.get(conn.key)
             if idle is None:
                 idle = self._idle[conn.key] = deque()
@@ -246,13 +311,13 @@ class UpstreamPool:
         return sum(len(d) for d in self._idle.values())
 
     def expire(self, now: float) -> int:
-        """Close idle connections whose time is up; how many were closed."""
+        """Close idle connections whose idle time or ``maxConnectionDuration`` is up; how many."""
         closed = 0
         for key in list(self._idle):
             idle = self._idle[key]
-            keep = deque(c for c in idle if c.expires > now and not c.closed)
+            keep = deque(c for c in idle if c.expires > now and c.drain_at > now and not c.closed)
             for c in idle:
-                if c.expires <= now:
+                if c.expires <= now or c.drain_at <= now:
                     c.close()
                     closed += 1
             if keep:

@@ -27,10 +27,10 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-
-from trustdomain import SpiffeId
+if TYPE_CHECKING:
+    from trustdomain import SpiffeId
 
 XFCC_HEADER = b"x-forwarded-client-cert"
 _SPECIAL = frozenset(',;="\\')
@@ -59,6 +59,8 @@ class PeerCertificate:
 
     @classmethod
     def from_der(cls, der: bytes) -> "PeerCertificate":
+        from cryptography import x509  # loaded by the handshake's verification already
+
         cert = x509.load_der_x509_certificate(der)
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -24,6 +24,7 @@ from gateway._clusters import ClusterConfig, HostStats
 from gateway._events import Request, Response
 from gateway._flags import ResponseFlag
 from gateway._hostpick import HostPicker, sweep_outliers
+from gateway._locality_lb import LocalityLb
 from gateway._layers import Layer
 from gateway._metrics import ProxyMetrics
 from gateway._outbound_request import OutboundRequest
@@ -166,6 +167,30 @@ async def test_request_body_beyond_the_replay_buffer_is_not_retried(autojump_clo
     body.size, body.replayable = 11, False
     x = await stack.send(stack.request(body=body))
     assert (x.state.status, x.flags, len(stack.upstream.calls)) == (503, [], 1)
+
+
+def locality_cluster() -> ClusterConfig:
+    """Two hosts in the client's zone (priority 0) and one in another region (a lower priority)."""
+    hosts = [Host(k, 1, loc, endpoint=SimpleNamespace(stats=HostStats()))
+             for k, loc in zip(KEYS, ["r1/z1", "r1/z1", "r2/z1"])]
+    lb = LocalityLb.compile(None, "r1/z1", hosts, True, rng=random.Random(4))
+    balancer = RoundRobinBalancer(hosts, random.Random(1))
+    return ClusterConfig("c", "c.demo.svc.cluster.local", "", 80, "HTTP", tuple(hosts), balancer,
+                         breaker=CircuitBreaker(CircuitBreakerConfig(), "c"),
+                         picker=HostPicker("c", balancer, None, locality=lb))
+
+
+@pytest.mark.parametrize("remote, regions, status", [
+    (False, ["r1", "r1", "r1"], 503),  # Envoy's previous_hosts only: the local priority again
+    (True, ["r1", "r2"], 200),         # retryRemoteLocalities: the retry leaves the tried priority
+])
+async def test_retry_remote_localities_lets_a_retry_go_to_another_priority(
+        remote: bool, regions: list[str], status: int, autojump_clock: MockClock) -> None:
+    region = {KEYS[0]: "r1", KEYS[1]: "r1", KEYS[2]: "r2"}
+    for seed in range(5):
+        stack = Stack(locality_cluster(), Upstream(defaults={KEYS[0]: 503, KEYS[1]: 503}), seed=seed)
+        x = await stack.send(stack.request(RetryPolicy(retry_remote_localities=remote)))
+        assert ([region[k] for k in stack.upstream.hosts], x.state.status) == (regions, status)
 
 
 # -- timeouts ----------------------------------------------------------------------------

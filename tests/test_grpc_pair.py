@@ -18,6 +18,8 @@ import grpc
 import pytest
 import trio
 
+from gateway._events import Request, Response, Role
+from gateway._h2session import H2Session
 from gateway.testing import Pair, curl, start_pair
 from trustdomain.testing import MeshPki
 
@@ -253,3 +255,38 @@ async def test_concurrent_calls_share_one_http2_connection_between_sidecars(nurs
     code, out, _ = await curl(f"http://{pair.addrs.client}:15000/metrics")
     line = next(x for x in out.splitlines() if x.startswith("istio_requests_total{") and 'grpc_response_status="14"' in x)
     assert 'response_code="200"' in line and 'request_protocol="grpc"' in line and line.endswith(" 16.0")
+
+
+async def raw_call(nursery: trio.Nursery, pair: Pair, path: str, grpc_timeout: str) -> tuple[int, dict[bytes, bytes]]:
+    """One gRPC call as h2c by prior knowledge to the client sidecar, with ``grpc-timeout``
+    and no deadline of its own (it never resets the stream): the response head's status and fields."""
+    with trio.fail_after(TIMEOUT):
+        session = H2Session(await trio.open_tcp_stream(pair.addrs.client, 15001), Role.CLIENT)
+        await nursery.start(session.run)
+        stream = session.open_stream()
+        authority = f"{pair.addrs.fqdn}:{pair.addrs.service_port}".encode()
+        await stream.send_head(Request(b"POST", path.encode(), [
+            (b"host", authority), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+            (b"grpc-timeout", grpc_timeout.encode())]))
+        await stream.send_data(b"\0\0\0\0\0", end=True)  # one empty message
+        head = await stream.receive()
+        session.close()
+    assert type(head) is Response
+    return head.status, dict(head.headers)
+
+
+@pytest.mark.parametrize("route_timeout, grpc_timeout, status, message", [
+    ("0.3s", "10S", b"14", b"upstream request timeout"),  # a route timeout: 504, which gRPC reads as UNAVAILABLE
+    ("10s", "300m", b"4", b"upstream request timeout"),   # the caller's own deadline: DEADLINE_EXCEEDED
+])
+async def test_a_timeout_is_unavailable_unless_it_is_the_callers_grpc_timeout(
+        nursery: trio.Nursery, pki: MeshPki, tmp_path: Path, route_timeout: str, grpc_timeout: str,
+        status: bytes, message: bytes) -> None:
+    pair, echo = await grpc_pair(nursery, pki, tmp_path, client_resources=vs(
+        f"[{{timeout: {route_timeout}, route: [{{destination: {{host: echo}}}}]}}]"))
+    code, fields = await raw_call(nursery, pair, "/demo.Echo/Slow", grpc_timeout)
+    assert (code, fields[b"grpc-status"], fields[b"grpc-message"]) == (200, status, message)
+    code, out, _ = await curl(f"http://{pair.addrs.client}:15000/metrics")
+    lines = [x for x in out.splitlines() if x.startswith("istio_requests_total{") and 'reporter="source"' in x]
+    assert [('response_code="200"' in x, f'grpc_response_status="{status.decode()}"' in x,
+             'response_flags="UT"' in x, 'request_protocol="grpc"' in x) for x in lines] == [(True,) * 4], lines

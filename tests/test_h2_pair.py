@@ -234,3 +234,58 @@ async def test_a_large_streamed_body_keeps_both_proxies_memory_bounded(nursery: 
         for process in processes:
             if process.returncode is None:
                 process.kill()
+
+
+def log_protocols(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        return []
+    return [(e["path"], e["protocol"]) for e in map(json.loads, path.read_text().splitlines())]
+
+
+async def test_access_log_names_the_downstream_protocol(nursery: trio.Nursery, pki: MeshPki,
+                                                        tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    pair = await start_pair(nursery, pki, tmp_path, app_serve=h2c_app,
+                            client_resources=f" []\n  telemetry: {{accessLog: {log}}}", **H2)
+    assert (await curl("-x", pair.proxy_url, pair.url("/one")))[0] == 0
+    assert (await curl("--http2-prior-knowledge", "-H", f"Host: {pair.addrs.fqdn}:{pair.addrs.service_port}",
+                       f"http://{pair.addrs.client}:15001/two"))[0] == 0
+    with trio.move_on_after(5):
+        while len(log_protocols(log)) < 2:
+            await trio.sleep(0.05)
+    assert log_protocols(log) == [("/one", "HTTP/1.1"), ("/two", "HTTP/2")]
+
+
+def cluster_stats(text: str, host: str) -> dict[str, str]:
+    prefix = f"outbound|8080||echo.demo.svc.cluster.local::{host}::"
+    return {line[len(prefix):].partition("::")[0]: line.rpartition("::")[2]
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+async def test_clusters_shows_the_http2_pool_connections_and_open_streams(nursery: trio.Nursery, pki: MeshPki,
+                                                                          tmp_path: Path) -> None:
+    sink = Sink()
+    pair = await start_pair(nursery, pki, tmp_path, app_serve=sink.serve, **H2)
+    host = f"{pair.addrs.server}:{pair.addrs.app_port}"
+    admin = f"http://{pair.addrs.client}:15000/clusters"
+    with trio.fail_after(10):
+        session = H2Session(await trio.open_tcp_stream(pair.addrs.client, 15001), Role.CLIENT)
+        await nursery.start(session.run)
+        streams = [session.open_stream() for _ in range(3)]
+        for stream in streams:  # three uploads left open: three streams on one connection
+            await stream.send_head(Request(b"POST", b"/upload", [(b"host", b"%s:%d" % (
+                pair.addrs.fqdn.encode(), pair.addrs.service_port))]))
+            await stream.send_data(b"x" * 1000)
+        while pair.client.h2pool.counts(server_key(pair))[2] < 3:
+            await trio.sleep(0.01)
+        stats = cluster_stats((await curl(admin))[1], host)
+        assert {k: stats[k] for k in ("cx_active", "h2_cx_active", "h2_cx_total", "h2_streams_active")} == {
+            "cx_active": "1", "h2_cx_active": "1", "h2_cx_total": "1", "h2_streams_active": "3"}
+        for stream in streams:
+            await stream.send_data(b"", end=True)
+            assert type(await stream.receive()) is Response
+        while pair.client.h2pool.counts(server_key(pair))[2]:
+            await trio.sleep(0.01)
+        stats = cluster_stats((await curl(admin))[1], host)
+        assert (stats["h2_cx_active"], stats["h2_streams_active"], stats["rq_total"]) == ("1", "0", "3")
+        session.close()
