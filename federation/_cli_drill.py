@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
                                        "from a workload, undo it, and judge failover against an SLO.")
     kinds = drill.add_subparsers(dest="drill_command", metavar="KIND|run|list|show", required=True)
     for kind in DrillType:
-        p = kinds.add_parser(kind.value, help=f"run a {kind.value} drill")
+        p = kinds.add_parser(kind.value, help=f"run one {kind.value} drill")
         p.add_argument("--service", required=True, metavar="HOST", help="service loaded, e.g. echo.demo")
         where = p.add_mutually_exclusive_group(required=True)
         where.add_argument("--cluster", metavar="C")

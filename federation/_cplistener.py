@@ -13,6 +13,11 @@ handshake asks for a client certificate but does not require one (``CERT_OPTIONA
   only ``POST /v1/certificate`` (``anonymous_paths``), where the token is checked.
   Every other path answers 401 without reaching its handler.
 
+Trust can be withdrawn while a connection is open (``fedctl unlink`` removes a peer's
+bundle, an accepted bundle expires): every request of a connection whose client's trust
+domain has no bundle any more is answered 403 naming that domain, so a linked peer's long
+poll ends and its next handshake is refused - the connection does not outlive the trust.
+
 Requests are dispatched once complete (HEADERS + DATA + END_STREAM, body at most
 ``MAX_REQUEST_BODY``) to a handler task in the connection's nursery, so a long-lived
 response (the subscribe stream) and short ones (ACKs) share one connection, and every
@@ -183,9 +188,12 @@ class ServerConnection(H2Endpoint):
     async def _handle(self, req: Request) -> None:
         try:
             handler = self.listener.routes.get(req.path)
+            distrusted = self.listener.distrusted(req.peer)
             if req.peer is None and req.path not in self.listener.anonymous_paths:
                 await req.error(401, f"{req.path} requires a client certificate (mTLS); only "
                                      f"{', '.join(sorted(self.listener.anonymous_paths))} accepts a bootstrap token")
+            elif distrusted is not None:
+                await req.error(403, distrusted)
             elif handler is None:
                 await req.error(404, f"no such path {req.path!r}")
             elif req.method != "POST":
@@ -222,6 +230,16 @@ class ControlPlaneListener:
 
     def __repr__(self) -> str:
         return f"<ControlPlaneListener {self.address} connections={self.connections} refused={self.refused}>"
+
+    def distrusted(self, peer: PeerIdentity | None) -> str | None:
+        """Why ``peer``'s requests are refused now that its trust domain has no bundle, else None."""
+        if peer is None:
+            return None
+        td = peer.spiffe_id.trust_domain
+        if self.tls.contexts.bundles.for_peer(td) is not None:
+            return None
+        return (f"trust domain {td.name} is no longer trusted by this control plane (its bundle was removed: "
+                f"unlinked, or the link credential expired); {peer.spiffe_id} must be linked again")
 
     async def serve(self, host: str, port: int, *,
                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,15 +46,18 @@ from ._federation import Federation
 from ._federation_gateway import exported_names, gateway_placements
 from ._federation_model import ExportSet, build_export
 from ._federation_peers import own_document, peers_of
-from ._link_store import LinkError, links_path, read_links
+from ._link_store import LinkError, LinkSet, links_path, read_links
 from ._launch import DNS_PORT, Layout, bootstrap_secret, plans_of
 from ._proxygen import TlsFiles, cluster_view
 from ._scale import Overrides, read_overrides, scale_path, scaled_version
 from ._state import write_atomic
+from ._trust_bundles import ClusterTrust
+from ._trust_exchange import PATH_BUNDLE, BundleExchange, local_trust_domains
 
 log = logging.getLogger("meshfed.federation.cpprocess")
 STATUS_INTERVAL = 1.0
 SCALE_POLL = 0.25
+TRUST_RECHECK = 30.0
 
 
 def trust_bundles(cadir: CaDirectory) -> BundleSet:
@@ -85,14 +89,24 @@ class ClusterProcess:
         self.wiring = wiring
         cadir = CaDirectory(layout.ca)
         signer = ClusterSigner(cadir.load_cluster(cluster), BootstrapAuthority(bootstrap_secret(layout, cluster)))
-        self.bundles = trust_bundles(cadir)
+        # trust: own domain, same-root clusters, linked peers (_trust_bundles); files for the proxies
+        self.trust = ClusterTrust(cluster, layout.ca, layout.root / "trust")
+        try:
+            self.trust.refresh(read_links(layout.mesh_dir))
+        except LinkError:
+            self.trust.refresh(LinkSet())
+        self.bundles = self.trust.bundle_set()
         self._local_view: tuple[ServiceRegistry, ServiceRegistry] | None = None
         self.cp = ControlPlane(cluster, layout.mesh_dir, signer, self.bundles, host=host,
-                               tls=tls_paths(layout, self.bundles), view=self.view,
+                               tls=self.tls_files, view=self.view,
                                first_version=next_version(layout, cluster))
         self.federation = Federation(cluster, self.cp.contexts, bootstrap_secret(layout, cluster),
                                      on_change=self.imports_changed)
         self.cp.listener.routes.update(self.federation.routes)
+        self.exchange = BundleExchange(cluster, bootstrap_secret(layout, cluster), layout.mesh_dir,
+                                       lambda: local_trust_domains(layout.ca), on_accept=self.apply_links)
+        self.cp.listener.routes.update(self.exchange.routes)
+        self.cp.listener.anonymous_paths = self.cp.listener.anonymous_paths | {PATH_BUNDLE}  # the credential decides
         self.links_error: str | None = None
         self.dns = DnsServer(ServiceRegistry(), cluster=cluster, host=host, port=DNS_PORT)
         self.overrides: Overrides = read_overrides(layout.mesh_dir)
@@ -101,6 +115,22 @@ class ClusterProcess:
         self._written: dict[str, str] = {}
         # after the ControlPlane's own listener: the scaled version replaces the one it just published
         self.cp.source.on_version(lambda version: self.publish())
+
+    def tls_files(self, p: Any) -> TlsFiles:
+        folder = self.layout.proxy_dir(p)
+        return TlsFiles(str(folder / "cert.pem"), str(folder / "key.pem"), str(folder / "chain.pem"),
+                        dict(self.trust.files))
+
+    def refresh_trust(self, links: LinkSet) -> None:
+        """A link, an accepted bundle or a rotation changed what this cluster trusts: the :15012
+        listener and the federation client take the new set, every proxy a new document."""
+        if not self.trust.refresh(links):
+            return
+        log.info("trusting %s", ", ".join(sorted(self.trust.bundles)))
+        self.bundles = self.trust.bundle_set()
+        self.cp.contexts.update(bundles=self.bundles)
+        if self.served is not None:
+            self.publish(force=True)
 
     def scaled(self, version: ConfigVersion) -> ConfigVersion:
         key = tuple(sorted(self.overrides.items()))
@@ -141,6 +171,7 @@ class ClusterProcess:
         me = own_document(mesh, self.cluster) if mesh is not None else None
         if me is None:
             return
+        self.dns.network = me.network  # endpoints of other networks answer by their gateway (_dns_reach)
         self.federation.set_export(build_export(
             self.local_view(served.registry), self.cluster, exported_names(served.resources), network=me.network,
             locality=me.locality, trust_domain=me.trust_domain, gateway=me.gateway))
@@ -176,6 +207,7 @@ class ClusterProcess:
             log.error("%s", exc)
             return
         self.links_error = None
+        self.refresh_trust(links)
         mesh = self.served.mesh if self.served is not None else None
         self.federation.set_peers(peers_of(self.cluster, links, mesh), notify=notify)
 
@@ -201,6 +233,8 @@ class ClusterProcess:
             "controlPlane": self.cp.status(),
             "dnsCounters": {"udp": dns.udp_queries, "tcp": dns.tcp_queries, "byRcode": dict(dns.by_rcode)},
             "inSync": self.in_sync(),
+            "trust": {**self.trust.status(), "bundlesAccepted": self.exchange.accepted,
+                      "bundlesRefused": self.exchange.refused, "lastRefusal": self.exchange.last_refusal},
             "federation": {"links": self.federation.status(), "linksError": self.links_error,
                            "exportRevision": self.federation.export.revision if self.federation.export else None,
                            "exported": [f"{s.namespace}/{s.name}" for s in self.federation.export.services]
@@ -245,7 +279,9 @@ class ClusterProcess:
         path = links_path(self.layout.mesh_dir)
         seen: object = None
         while True:
-            stamp = (_stamp(path), self.served.number if self.served is not None else None)
+            # the clock part: accepted bundles expire and rotated-out roots retire without a file change
+            stamp = (_stamp(path), self.served.number if self.served is not None else None,
+                     int(time.monotonic() // TRUST_RECHECK))
             if stamp != seen:
                 seen = stamp
                 self.apply_links()

@@ -6,6 +6,8 @@ connection (RFC 7766 §6.2.1), which are answered in order. A connection is clos
 it has been idle - or has sat on a partial message - for ``tcp_idle_timeout``; beyond
 ``max_tcp_connections`` new connections are closed at once. The registry snapshot is
 swapped whole by ``set_registry``; a query in flight finishes on the table it started on.
+Endpoints of other networks are answered by their cluster's east-west gateway
+(``_dns_reach``): the answering cluster's ``network`` is given, or read off its endpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import trio
 from topology import ServiceRegistry
 
 from ._dns_answer import DEFAULT_MAX_UDP, MAX_TCP, reply, servfail
+from ._dns_reach import network_of, reachable_view
 from ._dns_records import DEFAULT_TTL
 from ._dns_table import DnsTable
 from ._errors import FederationError
@@ -71,9 +74,11 @@ class DnsServer:
     def __init__(self, registry: ServiceRegistry, *, cluster: str = "", host: str = "127.0.0.1",
                  port: int = DNS_PORT, ttl: int = DEFAULT_TTL, max_udp: int = DEFAULT_MAX_UDP,
                  tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT,
-                 max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS) -> None:
-        """``port`` 0 takes a free port, the same for UDP and TCP (see ``port`` once serving)."""
+                 max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS, network: str | None = None) -> None:
+        """``port`` 0 takes a free port, the same for UDP and TCP (see ``port`` once serving);
+        ``network`` is the answering cluster's (None: the network of its own endpoints)."""
         self.cluster = cluster
+        self.network = network
         self.host = host
         self.port = port
         self.ttl = ttl
@@ -97,7 +102,9 @@ class DnsServer:
 
     def _table(self, registry: ServiceRegistry) -> DnsTable:
         self._serial += 1
-        return DnsTable(registry, cluster=self.cluster, ttl=self.ttl, serial=self._serial)
+        network = self.network if self.network is not None else network_of(registry, self.cluster)
+        return DnsTable(reachable_view(registry, self.cluster, network), cluster=self.cluster, ttl=self.ttl,
+                        serial=self._serial)
 
     def set_registry(self, registry: ServiceRegistry) -> None:
         """Answer from ``registry`` from now on (one assignment; the SOA serial goes up)."""

@@ -7,8 +7,9 @@ fault act in steps while it is in force; undoing is the journal's.
 
 Points of failure: endpoints-down stops (SIGSTOP) the app of every endpoint of the
 service in the scope, so they hang as a wedged process does; control-plane-down stops
-the cluster's control plane; gateway-down stops its east-west gateway; link-down runs
-``fedctl unlink`` for each of the cluster's links; latency and errors write a copy of
+the cluster's control plane; gateway-down stops its east-west gateway; link-down takes
+every federation link of the cluster out of the links file at once (as ``fedctl unlink``
+would, one by one: the peers' endpoints go at once) and puts them back; latency and errors write a copy of
 the service's VirtualService with an Istio ``fault``; region-evacuation rewrites the
 global VirtualService's weights in steps; trust-rotation signs a new intermediate CA for
 the cluster and restarts its control plane on it.
@@ -17,10 +18,12 @@ the cluster and restarts its control plane on it.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +31,23 @@ from topology import load_paths
 from topology._drill import DrillSpec, DrillType
 from topology._mesh import Mesh
 
-from ._drill_journal import Action, Journal, Runner, run_fedctl
+from ._drill_journal import Action, Journal, Runner, drills_dir, run_fedctl
+from ._drill_links import cluster_links, cut_links, directions, save_cut, wait_links
 from ._drill_timeline import Scope
 from ._drill_vs import (
     dump, evacuation_steps, fault_block, find_virtual_service, fresh_virtual_service, override_path,
     weighted_destinations, with_fault, with_weights,
 )
 from ._errors import FederationError
-from ._state import InstanceRecord, MeshState, ProcessRecord, alive
+from ._launch import ADMIN_PORT
+from ._link_store import LinkError, LinkSet, links_path, read_links
+from ._state import InstanceRecord, MeshState, ProcessRecord, alive, read_state
+
+
+PUSH_TIMEOUT = 10.0
+"""Seconds a changed VirtualService may take to reach the client's sidecar."""
+RESTART_TIMEOUT = 30.0
+"""Seconds the supervisor may take to restart a control plane (trust-rotation)."""
 
 
 class DrillError(FederationError):
@@ -117,6 +129,11 @@ class Fault:
     def inject(self, journal: Journal) -> list[str]:
         raise NotImplementedError
 
+    def settle(self) -> list[str]:
+        """Called right after ``inject``: wait until the fault has taken effect where it takes a while
+        (the injection time stays the moment it was applied); lines saying what was seen."""
+        return []
+
     def tick(self, journal: Journal, progress: float, errors: int) -> list[str]:
         """Called about every second while the fault is in force (``progress`` 0..1)."""
         return []
@@ -159,42 +176,79 @@ class GatewayDown(Fault):
 
 
 class LinkDown(Fault):
-    def links(self) -> list[tuple[str, str]]:
-        code, out = self.run(("link", "list", "--output", "json", "--dir", str(self.target.mesh_dir)))
+    """Every federation link of the cluster cut at once, restored at the end (``_drill_links``)."""
+
+    pairs: list[tuple[str, str]] = []
+    """The (importer, exporter) directions cut, once injected."""
+
+    def cut(self) -> LinkSet:
         try:
-            doc = json.loads(out) if code == 0 else None
-        except ValueError:
-            doc = None
-        rows = doc.get("links", []) if isinstance(doc, dict) else doc
-        if not isinstance(rows, list):
-            raise DrillError(f"cannot list links ('fedctl link list --output json' exited {code}): {out[-300:]}")
-        me, pairs = self.target.scope.name, []
-        for row in rows:
-            a, b = (row.get("from"), row.get("to")) if isinstance(row, dict) else (None, None)
-            if me in (a, b) and (a, b) not in pairs and (b, a) not in pairs:
-                pairs.append((a, b))
-        return pairs
+            return cluster_links(read_links(self.target.mesh_dir), self.target.scope.name)
+        except LinkError as exc:
+            raise DrillError(str(exc)) from None
 
     def check(self) -> None:
-        if not self.links():
-            raise DrillError(f"cluster {self.target.scope.name!r} has no federation link to cut")
+        cut = self.cut()
+        if not cut.links and not cut.applied:
+            raise DrillError(f"cluster {self.target.scope.name!r} has no federation link to cut "
+                             "(see 'fedctl link list')")
 
     def inject(self, journal: Journal) -> list[str]:
-        lines = []
-        for a, b in self.links():
-            where = ("--dir", str(self.target.mesh_dir))
-            journal.record(Action("command", f"link {a}-{b}", argv=("link", a, b, *where)))
-            code, out = self.run(("unlink", a, b, *where))
-            if code != 0:
-                raise DrillError(f"fedctl unlink {a} {b} exited {code}: {out[-300:]}")
-            lines.append(f"link {a}-{b}: cut")
-        return lines
+        cut = self.cut()
+        saved = drills_dir(self.target.mesh_dir) / self.drill_id / "links-cut.json"
+        save_cut(cut, saved)
+        journal.record(Action("links", f"links of {self.target.scope.name}",
+                              path=str(links_path(self.target.mesh_dir)), backup=str(saved)))
+        cut_links(self.target.mesh_dir, cut)
+        self.pairs = directions(cut)
+        return [f"link {'-'.join(link.clusters)}: cut" for link in cut.links] + \
+               [f"applied link {x.cluster} <- {x.peer.cluster}: cut" for x in cut.applied]
+
+    def settle(self) -> list[str]:
+        began = time.monotonic()
+        missing = wait_links(self.target.mesh_dir, self.pairs, gone=True)
+        if missing:
+            return ["links not yet dropped by the control planes: " + "; ".join(missing)]
+        return [f"the control planes dropped the links after {time.monotonic() - began:.1f} s"]
+
+
+def config_version(address: str, timeout: float = 2.0) -> str | None:
+    """The config version a proxy applied (its admin ``/config_dump``), None when it cannot say."""
+    conn = http.client.HTTPConnection(address, ADMIN_PORT, timeout=timeout)
+    try:
+        conn.request("GET", "/config_dump")
+        version = json.loads(conn.getresponse().read()).get("version")
+        return None if version is None else str(version)
+    except (OSError, ValueError, http.client.HTTPException, AttributeError):
+        return None
+    finally:
+        conn.close()
+
+
+def wait_pushed(address: str, before: str | None, timeout: float = PUSH_TIMEOUT) -> float | None:
+    """Seconds until the proxy at ``address`` applied a config other than ``before``; None if it did not."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        now = config_version(address)
+        if now is not None and now != before:
+            return time.monotonic() - began
+        time.sleep(0.1)
+    return None
 
 
 class VirtualServiceFault(Fault):
     """latency and errors: the service's VirtualService with an Istio fault on every route."""
 
+    version_before: str | None = None
+
+    def settle(self) -> list[str]:
+        took = wait_pushed(self.target.source.address, self.version_before)
+        if took is None:
+            return [f"the client's sidecar did not apply the fault within {PUSH_TIMEOUT:g} s"]
+        return [f"the client's sidecar applied the fault after {took:.1f} s"]
+
     def inject(self, journal: Journal) -> list[str]:
+        self.version_before = config_version(self.target.source.address)
         found = find_virtual_service(self.target.mesh_dir, self.target.fqdn)
         doc = found[1] if found else fresh_virtual_service(self.target.fqdn)
         f = self.spec.fault
@@ -291,10 +345,32 @@ class TrustRotation(Fault):
         new = create_intermediate(cadir.load_root(), TrustDomain.parse(c.trust_domain), name,
                                   dt.datetime.now(dt.timezone.utc))
         cadir.save_cluster(name, new)
+        self.old_pid = c.control_plane.pid
         if c.control_plane.pid is not None:
             os.kill(c.control_plane.pid, signal.SIGTERM)  # the supervisor restarts it on the new CA
         return [f"{name}: new intermediate CA {new.certificate.serial_number:x} (old one kept in {backup}); "
                 "control plane restarting"]
+
+    old_pid: int | None = None
+
+    def settle(self) -> list[str]:
+        """Wait for the supervisor's restart of the control plane: a rotation that leaves the cluster
+        without one fails the drill whatever the clients saw."""
+        name = self.target.scope.name
+        began = time.monotonic()
+        while time.monotonic() - began < RESTART_TIMEOUT:
+            try:
+                c = read_state(self.target.mesh_dir).cluster(name)
+            except FederationError:
+                c = None
+            cp = c.control_plane if c is not None else None
+            if cp is not None and cp.pid not in (None, self.old_pid) and alive(cp.pid, cp.start_time) and c.ready:
+                return [f"{name}: control plane back on the new CA after {time.monotonic() - began:.1f} s "
+                        f"(pid {cp.pid})"]
+            time.sleep(0.2)
+        self.reasons.append(f"the control plane of {name} did not come back within {RESTART_TIMEOUT:g} s "
+                            "after the rotation")
+        return [self.reasons[-1]]
 
 
 KINDS: dict[DrillType, tuple[type[Fault], bool]] = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +39,8 @@ class Action:
 
     op: str
     """``signal`` (send ``undo_signal`` to ``pid``'s group), ``file`` (remove ``path``, or put ``backup``
-    back over it) or ``command`` (run ``fedctl`` with ``argv``)."""
+    back over it), ``links`` (put the links saved in ``backup`` back into the links file ``path``
+    and wait until they are up) or ``command`` (run ``fedctl`` with ``argv``)."""
     what: str
     pid: int | None = None
     start_time: int | None = None
@@ -87,12 +87,18 @@ def undo(action: Action, run: Runner = run_fedctl) -> str:
     if action.op == "file" and action.path:
         try:
             if action.backup and Path(action.backup).exists():
-                shutil.copyfile(action.backup, action.path)
+                write_atomic(Path(action.path), Path(action.backup).read_bytes())  # readers never see half
                 return f"{action.what}: restored {action.path}"
             Path(action.path).unlink(missing_ok=True)
             return f"{action.what}: removed {action.path}"
         except OSError as exc:
             return f"{action.what}: cannot undo {action.path}: {exc}"
+    if action.op == "links" and action.path and action.backup:
+        from ._drill_links import restore_links
+        try:
+            return f"{action.what}: " + restore_links(action.path, action.backup)
+        except Exception as exc:  # noqa: BLE001 - an undo never raises; the line says what went wrong
+            return f"{action.what}: cannot restore the links from {action.backup}: {exc}"
     if action.op == "command" and action.argv:
         code, out = run(action.argv)
         tail = f": {out.splitlines()[-1]}" if out else ""

@@ -3,8 +3,10 @@
 The timeline of a drill of ``duration`` D: a quarter of D with no fault (the baseline),
 half of D with the fault in force, a quarter after it was undone; then, for faults
 that move traffic, the load goes on until traffic is back on the scope or
-``failback_wait`` more seconds have passed. Load and schedule are bounded, so the drill
-ends by itself. Three helper tasks run beside the script: the load generator, an
+``failback_wait`` more seconds have passed. The phases are timed from when the fault
+was actually applied and undone: cutting links or restoring them takes seconds, and a
+fault window that shrank by that much would judge nothing. Load and schedule are
+bounded (the load by ``D + failback_wait + ACTION_SLACK``), so the drill ends by itself. Three helper tasks run beside the script: the load generator, an
 observer reading the client sidecar's ``/clusters`` (ejections) twice a second, and a
 progress line once a second. SIGINT, SIGTERM and SIGHUP cancel the script; the journal
 is undone in a shielded ``finally`` whatever happened, and a report is still written,
@@ -35,6 +37,8 @@ from ._probe import http_get
 
 OBSERVE_EVERY = 0.5
 DEFAULT_FAILBACK_WAIT = 60.0
+ACTION_SLACK = 120.0
+"""Seconds the load may run beyond its plan while a fault is applied and undone (the script stops it)."""
 
 Progress = Callable[[str, bool], None]
 """(line, final): the live status line; ``final`` for lines that should stay (phase changes)."""
@@ -106,8 +110,11 @@ class DrillRun:
         wait = self.failback_wait if self.fault.moves_traffic else 0.0
         src = self.target.source
         url = f"http://{self.spec.service}:{self.target.port}{self.spec.path}"
+        mesh = self.target.mesh
+        localities = {c.name: str(c.locality) for c in mesh.clusters if c.locality is not None} if mesh else {}
         gen = LoadGenerator(tcp_opener(src.address, OUTBOUND_PORT), url, f"{self.spec.service}:{self.target.port}",
-                            LoadSchedule(self.spec.rps, d + wait), timeout=self.request_timeout)
+                            LoadSchedule(self.spec.rps, d + wait + ACTION_SLACK), timeout=self.request_timeout,
+                            localities=localities)
         journal = Journal.open(self.target.mesh_dir, self.drill_id)
         t0 = trio.current_time()
         try:
@@ -151,7 +158,7 @@ class DrillRun:
                 self.undone += journal.undo_all()
         samples = list(gen.samples)
         end = trio.current_time() - t0
-        timeline = self.timeline(samples, min(end, d + wait))
+        timeline = self.timeline(samples, end)
         window = Window(self.injected if self.injected is not None else d / 4, self.removed,
                         self.fault.moves_traffic, str(self.target.scope),
                         prompt_threshold(samples, self.injected) if self.injected is not None else None)
@@ -169,23 +176,33 @@ class DrillRun:
         self.actions += lines
         for line in lines:
             self.progress(f"injected at {self.injected:.1f} s: {line}", True)
-        fault_end = t0 + 3 * d / 4
+        lines = await trio.to_thread.run_sync(self.fault.settle)
+        self.actions += lines
+        for line in lines:
+            self.progress(f"{trio.current_time() - t0:.1f} s: {line}", True)
+        fault_end = t0 + self.injected + d / 2
         while trio.current_time() < fault_end - 1e-3:
             await trio.sleep(min(1.0, fault_end - trio.current_time()))
             errors = sum(1 for s in gen.samples if not s.ok and s.sent >= self.injected)
-            progress = (trio.current_time() - t0 - self.injected) / max(1e-9, 3 * d / 4 - self.injected)
+            progress = (trio.current_time() - t0 - self.injected) / (d / 2)
             for line in self.fault.tick(journal, min(1.0, progress), errors):
+                self.actions.append(line)
                 self.progress(f"{trio.current_time() - t0:.1f} s: {line}", True)
         self.phase = "recovery"
+        # the fault stops being in force when its undo starts (a restored link carries traffic
+        # before the undo has seen both control planes report it up); the quarter after is
+        # timed from the end of the undo
+        lifted = trio.current_time() - t0
         self.undone += await trio.to_thread.run_sync(journal.undo_all)
-        self.removed = trio.current_time() - t0
+        self.removed = lifted
+        done = trio.current_time() - t0
         for line in self.undone:
-            self.progress(f"undone at {self.removed:.1f} s: {line}", True)
-        await trio.sleep_until(t0 + d)
+            self.progress(f"undone at {done:.1f} s: {line}", True)
+        await trio.sleep_until(t0 + done + d / 4)
         if wait <= 0:
             return
         self.phase = "failback"
-        while trio.current_time() < t0 + d + wait:
+        while trio.current_time() < t0 + done + d / 4 + wait:
             now = trio.current_time() - t0
             timeline = self.timeline([s for s in gen.samples if s.sent < math.floor(now) - 1])
             window = Window(self.injected, self.removed, True)

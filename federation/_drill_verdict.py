@@ -152,9 +152,17 @@ def judge(timeline: Sequence[Second], window: Window, slo: Slo, *, interrupted: 
             why = (" and the client's sidecar ejected no endpoint (is outlierDetection set for the service?)"
                    if no_ejection else "")
             prompt = f" within {window.prompt_ms:g} ms" if window.prompt_ms is not None else ""
-            reasons.append(f"traffic never moved: at best {best:.0%} of a second's requests were answered{prompt} "
-                           f"from outside {window.scope} while the fault was in force, "
-                           f"below {MOVED:.0%}{why}")
+            if best >= MOVED:  # it moved, then came back while the fault was still in force
+                last = max(s.t for s in timeline if s.t >= window.injected and s.counted and _healthy(s) < MOVED
+                           and (window.removed is None or s.t + 1 <= window.removed))
+                worst = min(_healthy(s) for s in timeline if s.t == last)
+                reasons.append(f"traffic did not stay moved: in second {last} only {worst:.0%} of the requests "
+                               f"were answered{prompt} from outside {window.scope} while the fault was in force, "
+                               f"below {MOVED:.0%}")
+            else:
+                reasons.append(f"traffic never moved: at best {best:.0%} of a second's requests were answered"
+                               f"{prompt} from outside {window.scope} while the fault was in force, "
+                               f"below {MOVED:.0%}{why}")
         elif failover > slo.max_failover_seconds:
             reasons.append(f"traffic took {failover:g} s to move, more than --max-failover-seconds "
                            f"{slo.max_failover_seconds:g}")

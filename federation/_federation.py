@@ -71,6 +71,9 @@ class PeerLink:
     export: ExportSet | None = None
     last_sync: dt.datetime | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    session: trio.CancelScope | None = None
+    """The current connection's scope: cancelled when the link expires, so that the next
+    connection re-reads the whole export instead of long-polling on the revision it dropped."""
 
 
 class Federation:
@@ -235,6 +238,8 @@ class Federation:
                         log.warning("link to %s down past its TTL (%g s): its endpoints are removed",
                                     link.peer.name, link.peer.probe.ttl)
                         link.export = None
+                        if link.session is not None:
+                            link.session.cancel()
                 self._maybe_changed()
 
     # -- one peer --------------------------------------------------------------------------
@@ -250,7 +255,8 @@ class Federation:
             while True:
                 started = self.now()
                 try:
-                    await self._session(link)
+                    with trio.CancelScope() as link.session:
+                        await self._session(link)
                 except* (*LINK_ERRORS, _Refused) as group:
                     self._failed(link, "; ".join(_reason(e) for e in _leaves(group)))
                 except* Exception as group:  # a bug here must cost this link, not the control plane
@@ -280,12 +286,20 @@ class Federation:
             raise _Refused(f"{peer.federation[0]}:{peer.federation[1]} presented {identity.spiffe_id}; "
                            f"expected {expected}")
         channel = H2Channel(stream, ping_interval=None)
+        answered = link.health.last_ok
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.run)
                 nursery.start_soon(self._watch, link, channel)
                 await self._probe(link, channel)  # returns when the connection is unusable
                 nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ChannelClosed) as group:
+            if link.health.last_ok != answered:
+                raise
+            # TLS 1.3: the server checks our certificate after our handshake is done (_trust_bundles)
+            raise _Refused(f"{peer.name} closed the connection before answering; most likely it does not trust "
+                           f"{self.contexts.svid.spiffe_id.trust_domain.name} (no bundle for it there: unlinked "
+                           f"on its side, or the link credential expired) - {_reason(_leaves(group)[0])}") from None
         finally:
             await channel.aclose()
 

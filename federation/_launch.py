@@ -201,7 +201,7 @@ def sidecar_spec(plan: InstancePlan, layout: Layout, base: Mapping[str, str], wi
     if wiring == "discovery":
         folder = layout.proxy_dir(plan)
         argv = [sys.executable, "-m", "federation._sidecar", "--discovery", f"{control_plane}:{DISCOVERY_PORT}",
-                "--token-file", str(folder / "token"), "--bundle", str(layout.ca / "root-cert.pem"),
+                "--token-file", str(folder / "token"), "--bundle", str(layout.ca / plan.cluster / "root-cert.pem"),
                 "--cluster", plan.cluster, "--namespace", plan.namespace, "--workload", plan.workload,
                 "--instance", plan.instance, "--service-account", plan.service_account,
                 "--trust-domain", plan.trust_domain, "--state-dir", str(folder)]

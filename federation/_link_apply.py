@@ -14,7 +14,11 @@ function in; findings out), so every check is tested without a network. Findings
   and network), and never the importer itself;
 * gateway reachable (TCP connect), federation API reachable (a note when not: the
   control plane retries);
-* credential present and not expired.
+* credential present and not expired;
+* trust exchange: the importer's bundle is offered to the peer's control plane with the
+  document's credential (``_trust_exchange``), so that the peer trusts the importer as the
+  importer now trusts the peer; a peer that refuses or cannot be reached fails the apply
+  (without it no connection of the importer's could be verified there).
 """
 
 from __future__ import annotations
@@ -121,6 +125,21 @@ def check_link(doc: LinkDocument, importer: LocalCluster, local: Sequence[LocalC
     return out
 
 
+def exchange_trust(doc: LinkDocument, importer: LocalCluster, ca: Path) -> Finding:
+    """Offer the importer's bundle to the document's control plane (``_trust_exchange``)."""
+    import trio
+
+    from ._federation_peers import _hostport
+    from ._trust_exchange import BundleOffer, ExchangeRefused, offer_bundle, own_bundle_pem
+    try:
+        offer = BundleOffer(importer.name, importer.trust_domain, own_bundle_pem(ca, importer.name), doc.credential)
+        answer = trio.run(offer_bundle, _hostport(doc.federation), doc.trust_domain, doc.trust_bundle, offer)
+    except (ExchangeRefused, FederationError) as exc:
+        return Finding("fail", "trust exchange", f"{doc.cluster!r} does not trust {importer.trust_domain}: {exc}")
+    return Finding("ok", "trust exchange", f"{doc.cluster!r} trusts {importer.trust_domain} until "
+                                           f"{answer.get('expires')}")
+
+
 def read_document(path: Path) -> LinkDocument:
     try:
         text = path.read_text()
@@ -156,11 +175,17 @@ def apply_link(args: argparse.Namespace, path: Path) -> int:
     if importer is None:
         raise FederationError(f"no cluster {args.cluster!r} in {mesh_dir}; its clusters: "
                               f"{', '.join(c.name for c in local)}")
-    try:
-        root = (Layout(mesh_dir).ca / "root-cert.pem").read_text()
-    except OSError:
-        root = ""
+    ca = Layout(mesh_dir).ca
+    root = ""
+    for candidate in (ca / importer.name / "root-cert.pem", ca / "root-cert.pem"):  # its own root, else the shared
+        try:
+            root = candidate.read_text()
+            break
+        except OSError:
+            continue
     findings = check_link(doc, importer, local, root, dt.datetime.now(dt.timezone.utc), tcp_reachable)
+    if args.force or not any(f.level == "fail" for f in findings):
+        findings.append(exchange_trust(doc, importer, ca))
     for f in findings:
         print(str(f))
     failed = [f for f in findings if f.level == "fail"]

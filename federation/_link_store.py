@@ -5,7 +5,9 @@ Two kinds of entries:
 * ``links``: pairs of clusters of this topology (``fedctl link A B``), both directions;
   each control plane finds its peers' addresses in the Mesh;
 * ``applied``: a ``LinkDocument`` of a cluster elsewhere, applied to one local cluster
-  (``fedctl link apply FILE --cluster D``): D imports from it, one direction.
+  (``fedctl link apply FILE --cluster D``): D imports from it, one direction;
+* ``accepted``: the trust bundle of a cluster elsewhere that applied a local cluster's
+  document and offered its bundle (``_trust_exchange``): the local cluster trusts it.
 
 ``fedctl link``/``unlink``/``apply`` write the file (atomically); every control plane
 polls it and starts or stops watching its peers. A ``LinkDocument`` is what ``fedctl
@@ -153,9 +155,43 @@ class AppliedLink:
 
 
 @dataclass(frozen=True, slots=True)
+class AcceptedBundle:
+    """A peer's trust bundle that a local cluster took at link time: ``fedctl link apply`` on the
+    peer's host offered it with the credential this cluster minted (``_trust_exchange``), so
+    that this cluster's control plane and sidecars trust the peer's independent root. Kept
+    until the credential expires or the link is removed (``fedctl unlink``)."""
+
+    cluster: str
+    """The local cluster that exports (and now trusts the peer)."""
+    peer: str
+    trust_domain: str
+    bundle: str
+    """PEM roots of the peer's trust domain."""
+    expires: str
+    """ISO time the credential it came with expires; the bundle is not trusted after it."""
+    accepted_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "peer": self.peer, "trustDomain": self.trust_domain,
+                "bundle": self.bundle, "expires": self.expires, "acceptedAt": self.accepted_at}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "AcceptedBundle":
+        return cls(str(doc["cluster"]), str(doc["peer"]), str(doc["trustDomain"]), str(doc["bundle"]),
+                   str(doc["expires"]), str(doc.get("acceptedAt") or ""))
+
+    def valid_at(self, now: dt.datetime) -> bool:
+        try:
+            return now < dt.datetime.fromisoformat(self.expires)
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
 class LinkSet:
     links: tuple[LocalLink, ...] = ()
     applied: tuple[AppliedLink, ...] = ()
+    accepted: tuple[AcceptedBundle, ...] = ()
 
     def find(self, a: str, b: str) -> LocalLink | None:
         return next((l for l in self.links if set(l.clusters) == {a, b}), None)
@@ -166,8 +202,15 @@ class LinkSet:
         return replace(self, links=(*kept, LocalLink((a, b), probe, now)))
 
     def without_link(self, a: str, b: str) -> "LinkSet":
+        """Without the link, the documents applied between the two, and the bundles either accepted."""
         return LinkSet(tuple(l for l in self.links if set(l.clusters) != {a, b}),
-                       tuple(x for x in self.applied if {x.cluster, x.peer.cluster} != {a, b}))
+                       tuple(x for x in self.applied if {x.cluster, x.peer.cluster} != {a, b}),
+                       tuple(x for x in self.accepted if {x.cluster, x.peer} != {a, b}))
+
+    def with_accepted(self, accepted: AcceptedBundle) -> "LinkSet":
+        """Adds it, replacing what the same cluster accepted from the same peer before (rotation)."""
+        kept = tuple(x for x in self.accepted if (x.cluster, x.peer) != (accepted.cluster, accepted.peer))
+        return replace(self, accepted=(*kept, accepted))
 
     def with_applied(self, applied: AppliedLink) -> "LinkSet":
         """Adds it, replacing a previous document of the same peer for the same cluster (rotation)."""
@@ -184,7 +227,8 @@ class LinkSet:
                 "links": [{"clusters": list(l.clusters), "probe": l.probe.to_json(), "createdAt": l.created_at}
                           for l in self.links],
                 "applied": [{"cluster": x.cluster, "peer": x.peer.to_json(), "probe": x.probe.to_json(),
-                             "appliedAt": x.applied_at} for x in self.applied]}
+                             "appliedAt": x.applied_at} for x in self.applied],
+                "accepted": [x.to_json() for x in self.accepted]}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> "LinkSet":
@@ -193,7 +237,8 @@ class LinkSet:
         applied = tuple(AppliedLink(str(x["cluster"]), LinkDocument.from_json(x["peer"]),
                                     ProbePolicy.from_json(x.get("probe")), str(x.get("appliedAt") or ""))
                         for x in doc.get("applied") or ())
-        return cls(links, applied)
+        accepted = tuple(AcceptedBundle.from_json(x) for x in doc.get("accepted") or ())
+        return cls(links, applied, accepted)
 
 
 def read_links(mesh_dir: str | os.PathLike[str]) -> LinkSet:

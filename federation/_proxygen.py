@@ -156,8 +156,11 @@ class ProxyGenerator:
         self._gateways: dict[str, str] = {}
         self._network_gateways: dict[str, str] = {}
         self._trust_domains: dict[str, str] = {}
+        self._aliases: dict[str, list[str]] = {}
         for c in version.mesh.clusters if version.mesh is not None else ():
             self._trust_domains[c.name] = c.trust_domain or DEFAULT_TRUST_DOMAIN
+            if version.mesh.trust_domain_aliases:  # Mesh trustDomainAliases, as Istio's meshConfig
+                self._aliases[c.name] = list(version.mesh.aliases_of(c.name))
             if c.gateway_address:
                 self._gateways[c.name] = f"{c.gateway_address}:{GATEWAY_PORT}"
                 self._network_gateways.setdefault(c.network or c.name, self._gateways[c.name])
@@ -311,6 +314,8 @@ class ProxyGenerator:
                           "admin": f"{addr}:{ADMIN_PORT}"},
             "app": {"address": addr, "ports": ports},
         }
+        if self._aliases.get(p.cluster):
+            spec["node"]["trustDomainAliases"] = self._aliases[p.cluster]
         if role != "sidecar":
             spec["node"]["role"] = role
             spec["listeners"] = gateway_listeners(p)

@@ -128,6 +128,8 @@ class MeshRunner:
         self.cp_ready: dict[str, bool] = {c.name: False for c in clusters}
         self.cp_config: dict[str, bool] = {}
         """Cluster -> its control plane's status file says a config is in force."""
+        self.acked: dict[tuple[str, Any, Any], str] = {}
+        """(cluster, namespace, instance) -> the config version the control plane says that sidecar ACKed."""
         self.plan_versions: dict[str, tuple[Any, ...]] = {}
         self.phase = "starting"
         self.error: str | None = None
@@ -299,6 +301,17 @@ class MeshRunner:
 
     def cp_status_seen(self, name: str, doc: Mapping[str, Any]) -> None:
         self.cp_config[name] = bool(doc.get("ready"))
+        cp = doc.get("controlPlane") or {}
+        served = {**(cp.get("discoveryServer") or {}), **cp}
+        for p in served.get("proxies") or ():
+            if isinstance(p, Mapping) and p.get("ackedVersion") is not None:
+                self.acked[(name, p.get("namespace"), p.get("instance"))] = str(p["ackedVersion"])
+
+    def _behind(self, inst: _Instance) -> bool:
+        """Whether the control plane says the sidecar ACKed a version its last dump did not show:
+        the status then reads its /config_dump again at once instead of up to DUMP_EVERY later."""
+        acked = self.acked.get((inst.plan.cluster, inst.plan.namespace, inst.plan.instance))
+        return acked is not None and acked != inst.config_version
 
     def reconcile(self, cluster: str, plans: list[InstancePlan], nursery: trio.Nursery) -> None:
         """Stop the instances ``plans`` no longer lists (or lists differently), start the new ones.
@@ -358,7 +371,7 @@ class MeshRunner:
         elif not inst.sidecar_ready or now >= inst.next_probe:
             status, _ = await http_get(inst.plan.address, ADMIN_PORT, "/ready")
             was, inst.sidecar_ready = inst.sidecar_ready, status == 200
-            if inst.sidecar_ready and (not was or now >= inst.next_dump):
+            if inst.sidecar_ready and (not was or now >= inst.next_dump or self._behind(inst)):
                 inst.next_dump = now + DUMP_EVERY
                 await self._dump(inst)
         if inst.app_ready and inst.sidecar_ready and now >= inst.next_probe:

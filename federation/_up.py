@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import trio
 
 from topology import Placement, RegistryError, placements
-from topology._mesh import Mesh
+from topology._mesh import Mesh, RootCa
 from topology._registry_build import find_mesh
 from trustdomain import CaDirectory, KeyType, TrustDomain, TrustDomainError, create_intermediate, create_root
 
@@ -112,8 +112,16 @@ def ensure_ca(layout: Layout, mesh: Mesh, now: dt.datetime | None = None) -> lis
         root = create_root(now, key_type=KeyType.ECDSA_P256)
         cadir.save_root(root)
         made.append("root")
+    shared = root
     for cluster in mesh.clusters:
         td = TrustDomain(cluster.trust_domain or f"{cluster.name}.meshfed.local")
+        root = shared
+        if cluster.root_ca is RootCa.OWN:  # an independent root: trusted by others once linked
+            own = cadir.own_root(cluster.name)
+            if not (own.root_cert_path.is_file() and own.root_key_path.is_file()):
+                own.save_root(create_root(now, key_type=KeyType.ECDSA_P256, common_name=f"{cluster.name} root CA"))
+                made.append(f"{cluster.name} root")
+            root = own.load_root()
         try:
             ca = cadir.load_cluster(cluster.name)
             keep = (ca.trust_domain == td and ca.root == root.certificate and ca.not_after - now > CA_RENEW_BEFORE)

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "federation._cli_up",
     "federation._cli_link",
     "federation._cli_drill",
+    "federation._cli_check",
 )
 PROXY_COMMAND = "federation._cli_proxy"
 

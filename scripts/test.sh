@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite uses (Debian tools when missing, the project with its test
-# extras) and runs the whole suite. Extra arguments go to pytest.
+# extras) and runs the whole suite. Extra arguments go to pytest; MESHFED_TEST_WORKERS=0 runs
+# the files one after another in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -18,4 +19,6 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-exec python3 -m pytest "$@"
+# Two workers, one test file each at a time (--dist loadfile): a file's module fixtures start
+# one mesh on the file's own 127.x block, and most of the suite waits on processes, not CPU.
+exec python3 -m pytest -n "${MESHFED_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -2,7 +2,7 @@
 
 Pure tests: the walk runs on real documents (a client sidecar's ProxyConfig, an east-west
 gateway's) with canned probe answers, so each failing hop is named without a socket. One
-end-to-end test runs a small two-cluster copy of examples/multi-cluster on 127.60.x,
+end-to-end test runs a small two-cluster copy of examples/multi-cluster on 127.66.x,
 linked with ``fedctl link``, and checks echo (local) and ratings (only in west, through
 its gateway), then the gateway hop once west's gateway is stopped with SIGSTOP.
 """
@@ -31,16 +31,16 @@ from trustdomain.testing import MeshPki
 
 EAST, WEST, EVIL = "east.meshfed.local", "west.meshfed.local", "evil.meshfed.local"
 FQDN = "echo.demo.svc.cluster.local"
-ADMIN, OUTBOUND, GATEWAY = "127.60.1.1:15000", "127.60.1.1:15001", "127.60.2.2:15443"
+ADMIN, OUTBOUND, GATEWAY = "127.66.1.1:15000", "127.66.1.1:15001", "127.66.2.2:15443"
 SNI = f"outbound_.8080_._.{FQDN}"
-LOCAL = ("{address: 127.60.1.10, port: 8080, servicePort: 8080, proxyPort: 15006, labels: {app: echo}, "
+LOCAL = ("{address: 127.66.1.10, port: 8080, servicePort: 8080, proxyPort: 15006, labels: {app: echo}, "
          "locality: us-east/us-east-1a, cluster: east, network: net-east, serviceAccount: echo}")
-REMOTE = ('{address: 127.60.2.2, port: 15443, gateway: "127.60.2.2:15443", servicePort: 8080, labels: {app: echo}, '
+REMOTE = ('{address: 127.66.2.2, port: 15443, gateway: "127.66.2.2:15443", servicePort: 8080, labels: {app: echo}, '
           "locality: us-west/us-west-1a, cluster: west, network: net-west, weight: 2, serviceAccount: echo}")
 DR = ("[{apiVersion: networking.istio.io/v1, kind: DestinationRule, metadata: {name: echo, namespace: demo}, "
       "spec: {host: echo.demo.svc.cluster.local, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3, "
       "interval: 1s, baseEjectionTime: 30s}}}}]")
-SITE = Site("east", "127.60.1", "net-east", "us-east/us-east-1a", EAST)
+SITE = Site("east", "127.66.1", "net-east", "us-east/us-east-1a", EAST)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +61,14 @@ metadata: {{name: eastwest-west}}
 spec:
   node: {{cluster: west, namespace: istio-system, workload: istio-eastwestgateway, role: eastwest,
           locality: us-west/us-west-1a, network: net-west, trustDomain: {WEST}}}
-  listeners: {{eastwest: "{GATEWAY}", admin: "127.60.2.2:15000"}}
+  listeners: {{eastwest: "{GATEWAY}", admin: "127.66.2.2:15000"}}
   services:
   - hostname: {FQDN}
     namespace: demo
     exported: {str(exported).lower()}
     ports: [{{name: http, port: 8080, protocol: http}}]
     endpoints:
-    - {{address: 127.60.2.10, port: 8080, proxyPort: 15006, labels: {{app: echo}}, locality: us-west/us-west-1a,
+    - {{address: 127.66.2.10, port: 8080, proxyPort: 15006, labels: {{app: echo}}, locality: us-west/us-west-1a,
         cluster: west, network: net-west, serviceAccount: echo}}
 """)
     return path
@@ -108,7 +108,7 @@ class FakeProbes:
             if path == "/metrics":
                 self.metric_reads += 1
                 return Answer(200, metrics(self.answer.status or 0, self.flags, "west", self.metric_reads - 1))
-        if hostport == "127.60.2.2:15000":
+        if hostport == "127.66.2.2:15000":
             if self.gateway_hung:
                 return Answer(error="no answer within 2 s", hung=True)
             if path == "/ready":
@@ -159,7 +159,7 @@ def test_every_hop_ok_through_a_remote_gateway(pki: MeshPki, tmp_path: Path) -> 
                                       f"outbound|8080||{FQDN} 100%")
     assert hops["endpoint"].data["sni"] == SNI and hops["endpoint"].data["via"] == GATEWAY
     assert hops["gateway"].evidence == (f"gateway {GATEWAY} of cluster west reachable; it exports {FQDN}:8080 "
-                                        "with 1 healthy endpoint(s): 127.60.2.10:15006")
+                                        "with 1 healthy endpoint(s): 127.66.2.10:15006")
     assert hops["trust"].evidence == (f"server spiffe://{WEST}/ns/demo/sa/echo (service account echo) chains to the "
                                       f"bundle of {WEST}; handshake presenting spiffe://{EAST}/ns/demo/sa/client, "
                                       "ALPN http/1.1")
@@ -183,10 +183,10 @@ GW_UNREACHABLE = {"connect_errors": {GATEWAY: "connection refused"}}
     ("echo.demo", [REMOTE], GW_UNREACHABLE, "gateway",
      f"gateway {GATEWAY} of cluster west unreachable: connection refused"),
     ("echo.demo", [REMOTE], {"gateway_hung": True}, "gateway",
-     f"gateway {GATEWAY} of cluster west accepts TCP connections but does not answer: its admin 127.60.2.2:15000 "
+     f"gateway {GATEWAY} of cluster west accepts TCP connections but does not answer: its admin 127.66.2.2:15000 "
      "said nothing (no answer within 2 s)"),
-    ("echo.demo", [LOCAL], {"connect_errors": {"127.60.1.10:15006": "connection refused"}}, "server-sidecar",
-     "127.60.1.10:15006 unreachable: connection refused"),
+    ("echo.demo", [LOCAL], {"connect_errors": {"127.66.1.10:15006": "connection refused"}}, "server-sidecar",
+     "127.66.1.10:15006 unreachable: connection refused"),
 ])
 def test_the_first_failing_hop_is_named(pki: MeshPki, tmp_path: Path, service: str, endpoints: list[str],
                                         options: dict[str, Any], hop: str, evidence: str) -> None:
@@ -230,11 +230,11 @@ def test_a_handshake_the_gateway_closes_fails_the_trust_hop(pki: MeshPki, tmp_pa
 
 def test_every_endpoint_ejected_by_outlier_detection_fails_the_cluster_hop(pki: MeshPki, tmp_path: Path) -> None:
     clusters = {"c": {"name": f"outbound|8080||{FQDN}",
-                      "hosts": [{"address": "127.60.1.10:8080", "health_flags": "/failed_outlier_check"}]}}
+                      "hosts": [{"address": "127.66.1.10:8080", "health_flags": "/failed_outlier_check"}]}}
     failed = walk(FakeProbes(client_doc(pki, tmp_path, [LOCAL]), clusters=clusters)).failed
     assert failed is not None and failed.evidence == (
         f"outbound|8080||{FQDN}: no healthy endpoint of 1 (1 ejected by outlier detection); DestinationRule demo/echo")
-    assert failed.data["ejected"] == ["127.60.1.10:8080"]
+    assert failed.data["ejected"] == ["127.66.1.10:8080"]
 
 
 def test_a_request_answered_with_a_response_flag_fails_the_request_hop(pki: MeshPki, tmp_path: Path) -> None:
@@ -284,9 +284,9 @@ metadata:
 spec:
   clusters:
   - {name: east-a, network: network-east-a, locality: {region: us-east, zone: us-east-1a},
-     trustDomain: east-a.meshfed.local, addressBlock: 127.60.1.0/24}
+     trustDomain: east-a.meshfed.local, addressBlock: 127.66.1.0/24}
   - {name: west, network: network-west, locality: {region: us-west, zone: us-west-1a},
-     trustDomain: west.meshfed.local, addressBlock: 127.60.3.0/24}
+     trustDomain: west.meshfed.local, addressBlock: 127.66.3.0/24}
   workloads:
   - {name: ratings-v1, namespace: bookinfo, service: ratings, serviceAccount: bookinfo-ratings, app: ratings,
      version: v1, cluster: west, ports: [{name: http, port: 9080, protocol: http}]}
@@ -342,12 +342,12 @@ def test_check_and_explain_on_a_linked_two_cluster_mesh(mesh: tuple[Path, dict[s
     mesh_dir, env = mesh
     echo = fedctl(env, "check", "echo.demo", "--from", "east-a/client", "--dir", str(mesh_dir))
     assert echo.returncode == 0, echo.stdout + echo.stderr
-    assert "  ok    request         GET http://echo.demo:8080/ through 127.60.1." in echo.stdout
+    assert "  ok    request         GET http://echo.demo:8080/ through 127.66.1." in echo.stdout
     ratings = fedctl(env, "check", "ratings.bookinfo", "--from", "east-a/client", "--dir", str(mesh_dir),
                      "--output", "json")
     assert ratings.returncode == 0, ratings.stdout + ratings.stderr
     hops = {h["hop"]: h for h in json.loads(ratings.stdout)["hops"]}
-    assert hops["endpoint"]["data"]["gateway"] == "127.60.3.2:15443"
+    assert hops["endpoint"]["data"]["gateway"] == "127.66.3.2:15443"
     assert hops["endpoint"]["data"]["sni"] == "outbound_.9080_._.ratings.bookinfo.svc.cluster.local"
     assert hops["trust"]["data"]["spiffeId"] == "spiffe://west.meshfed.local/ns/bookinfo/sa/bookinfo-ratings"
     assert hops["request"]["data"]["flags"] == "-"
@@ -356,9 +356,9 @@ def test_check_and_explain_on_a_linked_two_cluster_mesh(mesh: tuple[Path, dict[s
     assert explained.returncode == 0, explained.stderr
     lines = explained.stdout.splitlines()
     p0 = lines.index("    P0 same region/zone/subzone: load 100%, health 100%")
-    assert lines[p0 + 1].startswith("       us-east/us-east-1a 100% (1/1 healthy, weight 1): 127.60.1.")
+    assert lines[p0 + 1].startswith("       us-east/us-east-1a 100% (1/1 healthy, weight 1): 127.66.1.")
     assert lines[p0 + 2] == "    P1 other region: load 0%, health 100%"
-    assert "gateway 127.60.3.2:15443 (west, 1 endpoint(s)) weight 1 healthy" in lines[p0 + 3]
+    assert "gateway 127.66.3.2:15443 (west, 1 endpoint(s)) weight 1 healthy" in lines[p0 + 3]
 
     west = read_state(mesh_dir).cluster("west")
     assert west is not None and west.gateway is not None
@@ -369,6 +369,6 @@ def test_check_and_explain_on_a_linked_two_cluster_mesh(mesh: tuple[Path, dict[s
     finally:
         signal_process(west.gateway, signal.SIGCONT)
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
-    assert ("  FAIL  gateway   gateway 127.60.3.2:15443 of cluster west accepts TCP connections but does not answer: "
-            "its admin 127.60.3.2:15000 said nothing (no answer within 1 s)") in stopped.stdout
+    assert ("  FAIL  gateway   gateway 127.66.3.2:15443 of cluster west accepts TCP connections but does not answer: "
+            "its admin 127.66.3.2:15000 said nothing (no answer within 1 s)") in stopped.stdout
     assert stopped.stdout.endswith("result: FAIL at gateway\n")

@@ -239,6 +239,14 @@ def test_verdict_says_traffic_never_moved_and_no_endpoint_was_ejected() -> None:
         "for the service?)",)
 
 
+def test_verdict_says_traffic_came_back_to_the_scope_while_the_fault_was_in_force() -> None:
+    back = [(10, 0, 0), (10, 0, 0), (0, 10, 0), (0, 10, 0), (0, 10, 0), (3, 7, 0), (10, 0, 0), (10, 0, 0)]
+    v = judge(drill(back), Window(2.0, 6.0, scope="cluster east-a"), Slo(None, 10))
+    assert v.failover_seconds is None
+    assert v.reasons == ("traffic did not stay moved: in second 5 only 70% of the requests were answered from "
+                         "outside cluster east-a while the fault was in force, below 95%",)
+
+
 def test_verdict_without_slo_passes_and_data_plane_faults_have_no_failover() -> None:
     v = judge(drill(NEVER), Window(2.0, 6.0, moves_traffic=False), Slo())
     assert (v.verdict, v.failover_seconds, v.failback_seconds, v.client_errors) == ("pass", None, None, 40)

@@ -65,6 +65,16 @@ class DemoApp(enum.Enum):
 REVIEWS_VERSIONS = ("v1", "v2", "v3")
 
 
+class RootCa(enum.Enum):
+    """Which root a cluster's intermediate CA chains to."""
+
+    SHARED = "shared"
+    """The mesh's one shared root (``.meshfed/ca/root-cert.pem``): every cluster trusts it."""
+    OWN = "own"
+    """A root of the cluster's own: other clusters trust its trust domain only once linked
+    (``fedctl link`` / ``link apply`` exchange the bundles), as independent meshes federated."""
+
+
 @dataclass(frozen=True, slots=True)
 class LocalitySpec:
     """Where something runs, as Envoy's ``region/zone/subzone``; unset parts are None."""
@@ -123,6 +133,8 @@ class Cluster:
     """Where the control plane listens (:15012, :15014, :15053). Defaults to the block's ``.1``."""
     gateway_address: str | None = None
     """Where the east-west gateway listens (:15443). Defaults to the block's ``.2``."""
+    root_ca: RootCa = opt(RootCa.SHARED, key="rootCA")
+    """``shared`` (the mesh's one root) or ``own`` (an independent root). Defaults to shared."""
 
     def __post_init__(self) -> None:
         if self.network is None and self.name:
@@ -344,6 +356,16 @@ class Mesh:
 
     clusters: tuple[Cluster, ...] = opt(required=True)
     workloads: tuple[Workload, ...] = ()
+    trust_domain_aliases: tuple[str, ...] = ()
+    """Trust domains treated as one for authorization, as Istio's meshConfig.trustDomainAliases:
+    each cluster's proxies get the others as aliases of their own trust domain, so a policy
+    naming ``cluster.local/ns/x/sa/y`` (or any member) matches that identity in every member."""
+
+    def aliases_of(self, cluster: str) -> tuple[str, ...]:
+        """The trust domain aliases of ``cluster``'s proxies: the mesh's list without its own domain."""
+        found = self.cluster_named(cluster)
+        own = found.trust_domain if found is not None else None
+        return tuple(a for a in dict.fromkeys(self.trust_domain_aliases) if a != own)
 
     def cluster_named(self, name: str) -> Cluster | None:
         return next((c for c in self.clusters if c.name == name), None)
@@ -362,6 +384,10 @@ class Mesh:
             c.error("clusters", "a mesh needs at least one cluster; found none")
         self._check_clusters(c)
         self._check_workloads(c)
+        for i, td in enumerate(self.trust_domain_aliases):
+            if "://" in td or not _TRUST_DOMAIN.match(td) or len(td) > 255:
+                c.error(f"trustDomainAliases[{i}]", "must be a SPIFFE trust domain (lowercase letters, digits, "
+                                                    f"'.', '-', '_'; no scheme); found {describe(td)}")
 
     def _check_clusters(self, c: Check) -> None:
         names: dict[str, int] = {}

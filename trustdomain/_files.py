@@ -6,6 +6,7 @@ Layout (``--dir``, default ``.meshfed/ca``)::
     <cluster>/ca-cert.pem  ca-key.pem            the cluster's signing CA   } Istio's
     <cluster>/root-cert.pem  cert-chain.pem      root(s); ca-cert + root    } cacerts layout
     <cluster>/trust-domain                       meshfed's addition: the domain it signs
+    <cluster>/root/root-cert.pem  root-key.pem   a cluster's own root (Mesh ``rootCA: own``)
 
 ``cert-chain.pem`` is ``ca-cert.pem`` followed by the certificates above it including the
 root, as Istio's tools/certs Makefile writes it (``cat ca-cert.pem root-cert.pem``).
@@ -173,6 +174,11 @@ class CaDirectory:
         if not cluster or "/" in cluster or cluster in (".", ".."):
             raise CaError(f"invalid cluster name {cluster!r}")
         return self.path / cluster
+
+    def own_root(self, cluster: str) -> "CaDirectory":
+        """Where a cluster with a root of its own (not the shared one) keeps it: ``DIR/<cluster>/root/``
+        (``root-cert.pem``, ``root-key.pem``), beside its cacerts files, never listed as a cluster."""
+        return CaDirectory(self.cluster_path(cluster) / "root")
 
     def save_cluster(self, cluster: str, ca: CertificateAuthority) -> Path:
         """Write ``ca`` in the cacerts layout (plus ``trust-domain``) under ``DIR/<cluster>/``."""

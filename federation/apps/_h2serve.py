@@ -142,7 +142,12 @@ class _H2Connection:
         return True
 
     async def _respond(self, stream_id: int, request: Request) -> None:
-        st = self.streams[stream_id]
+        st = self.streams.get(stream_id)
+        if st is None:
+            # Reset by the peer between its END_STREAM and this task's start (both frames in one
+            # read, e.g. after the app was stopped): nothing to answer - and no KeyError that
+            # would take every other stream of the connection down with it.
+            return
         try:
             with trio.CancelScope() as st.scope:
                 response = await self.server.call(request)
