@@ -21,26 +21,19 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from federation._launch import Layout
-from federation._state import StateError, alive, read_state
+from federation._state import read_state
 from federation._status import status_json
+from meshproc import fedctl, kill_leftovers, recorded_pids
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "istio"
 BOOKINFO = CORPUS / "bookinfo" / "networking"
 SYNC_TIMEOUT = 30.0
-
-
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def workload(name: str, app: str, *, namespace: str = "default", service: str | None = None,
@@ -69,14 +62,6 @@ def mesh_yaml(block: str, workloads: str, trust_domain: str = "cluster.local") -
     return ("apiVersion: meshfed.io/v1alpha1\nkind: Mesh\nmetadata:\n  name: corpus\nspec:\n  clusters:\n"
             f"  - {{name: c1, locality: {{region: r1, zone: z1}}, trustDomain: {trust_domain}, "
             f"addressBlock: {block}}}\n  workloads:\n" + workloads)
-
-
-def recorded_pids(mesh_dir: Path) -> set[tuple[int, int | None]]:
-    try:
-        state = read_state(mesh_dir)
-    except StateError:
-        return set()
-    return {(p.pid, p.start_time) for p in (state.supervisor, *state.processes()) if p.pid is not None}
 
 
 @dataclass
@@ -242,10 +227,4 @@ def running_mesh(base: Path, block: str, workloads: str, istio: dict[str, str] |
     finally:
         mesh.seen_pids |= recorded_pids(mesh_dir)
         fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in mesh.seen_pids:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(mesh.seen_pids)

@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +26,7 @@ from federation._check_view import compile_view
 from federation._explain import explain, explain_text
 from gateway._eastwest_testing import Site, client_config
 from trustdomain.testing import MeshPki
+from meshproc import fedctl, kill_leftovers
 
 EAST, WEST, EVIL = "east.meshfed.local", "west.meshfed.local", "evil.meshfed.local"
 FQDN = "echo.demo.svc.cluster.local"
@@ -296,14 +295,9 @@ spec:
 """
 
 
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
-    from federation._state import StateError, alive, read_state
+    from federation._state import StateError, read_state
     base = tmp_path_factory.mktemp("check")
     mesh_dir = base / "mesh"
     shutil.copytree(EXAMPLE, mesh_dir, ignore=shutil.ignore_patterns(".meshfed", "drills", "*.md"))
@@ -328,13 +322,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     finally:
         record()
         fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in seen:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(seen)
 
 
 def test_check_and_explain_on_a_linked_two_cluster_mesh(mesh: tuple[Path, dict[str, str]]) -> None:

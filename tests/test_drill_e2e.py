@@ -21,8 +21,9 @@ from typing import Iterator
 
 import pytest
 
-from federation._state import alive, read_state, StateError
+from federation._state import read_state
 from federation.cli import main
+from meshproc import fedctl, kill_leftovers, recorded_pids
 
 MESH = """apiVersion: meshfed.io/v1alpha1
 kind: Mesh
@@ -61,19 +62,6 @@ spec:
 LOAD = ["--service", "echo.demo", "--from", "solo/client", "--duration", "4s", "--rps", "10", "-q"]
 
 
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def recorded_pids(mesh_dir: Path) -> list[tuple[int, int | None]]:
-    try:
-        state = read_state(mesh_dir)
-    except StateError:
-        return []
-    return [(p.pid, p.start_time) for p in (state.supervisor, *state.processes()) if p.pid is not None]
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     base = tmp_path_factory.mktemp("drill")
@@ -91,13 +79,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     finally:
         seen.update(recorded_pids(mesh_dir))
         fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in seen:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(seen)
 
 
 def config_version(address: str) -> str | None:

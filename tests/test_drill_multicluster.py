@@ -36,10 +36,11 @@ from h2.errors import ErrorCodes
 from federation._cli_link import link_rows
 from federation._drill_faults import config_version, wait_pushed
 from federation._link_store import read_links
-from federation._state import alive, read_state, StateError
+from federation._state import read_state
 from federation.apps import HttpServer, build_handler
 from federation.apps import AppEnv
 from federation.cli import main
+from meshproc import fedctl, kill_leftovers, recorded_pids
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "multi-cluster"
 BLOCKS = {f"127.1.{n}.0/24": f"127.80.{n}.0/24" for n in (1, 2, 3)}
@@ -69,19 +70,6 @@ WEST_FIRST = ECHO_RULE % ("      localityLbSetting:\n        enabled: true\n    
                           "          to: {us-west/us-west-1a/*: 80, us-east/us-east-1b/*: 20}\n") + OUTLIER
 
 
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def recorded_pids(mesh_dir: Path) -> list[tuple[int, int | None]]:
-    try:
-        state = read_state(mesh_dir)
-    except StateError:
-        return []
-    return [(p.pid, p.start_time) for p in (state.supervisor, *state.processes()) if p.pid is not None]
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     base = tmp_path_factory.mktemp("drill-mc")
@@ -104,13 +92,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     finally:
         seen.update(recorded_pids(mesh_dir))
         fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in seen:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(seen)
 
 
 def proc_state(pid: int) -> str:

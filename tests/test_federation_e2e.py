@@ -14,31 +14,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from federation._state import StateError, alive, read_state
+from meshproc import fedctl, kill_leftovers, recorded_pids as recorded
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "multi-cluster"
-
-
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def recorded(mesh_dir: Path) -> set[tuple[int, int | None]]:
-    try:
-        state = read_state(mesh_dir)
-    except StateError:
-        return set()
-    return {(p.pid, p.start_time) for p in (state.supervisor, *state.processes()) if p.pid is not None}
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +43,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     finally:
         seen |= recorded(mesh_dir)
         fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in seen:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(seen)
 
 
 def curl(mesh: tuple[Path, dict[str, str]], url: str, *flags: str) -> subprocess.CompletedProcess[str]:

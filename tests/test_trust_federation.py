@@ -12,10 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -36,7 +33,6 @@ from federation._link_store import (
     AcceptedBundle, AppliedLink, LinkDocument, LinkSet, LocalLink, credential_expiry, mint_credential, read_links,
 )
 from federation._proxygen import ProxyGenerator
-from federation._state import StateError, alive, read_state
 from federation._trust_bundles import BundleTransitions, ClusterRoots, ClusterTrust, wanted_bundles
 from federation._trust_exchange import (
     PATH_BUNDLE, BundleExchange, BundleOffer, ExchangeRefused, accept_offer, offer_bundle,
@@ -54,6 +50,7 @@ from trustdomain import (
 )
 from trustdomain._files import cert_pem
 from trustdomain._verify import verify_peer_chain
+from meshproc import fedctl, kill_leftovers, recorded_pids as recorded
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 EAST, WEST = TrustDomain("east.example"), TrustDomain("west.example")
@@ -486,19 +483,6 @@ def write_mesh(folder: Path, clusters: list[str], root_ca: str = "") -> Path:
     return folder
 
 
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def recorded(mesh_dir: Path) -> set[tuple[int, int | None]]:
-    try:
-        state = read_state(mesh_dir)
-    except StateError:
-        return set()
-    return {(p.pid, p.start_time) for p in (state.supervisor, *state.processes()) if p.pid is not None}
-
-
 @pytest.fixture
 def meshes(tmp_path: Path) -> Iterator[tuple[list[Path], dict[str, str]]]:
     """Start each folder the test appends (``fedctl up --detach``); stop them all at the end."""
@@ -511,13 +495,7 @@ def meshes(tmp_path: Path) -> Iterator[tuple[list[Path], dict[str, str]]]:
         for mesh_dir in started:
             seen |= recorded(mesh_dir)
             fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in seen:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(seen)
 
 
 def up(meshes: tuple[list[Path], dict[str, str]], mesh_dir: Path) -> None:

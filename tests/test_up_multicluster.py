@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -23,24 +20,12 @@ import dns.message
 import dns.query
 import pytest
 
-from federation._state import alive, read_state, StateError
+from federation._state import alive
 from federation.cli import main
+from meshproc import fedctl, kill_leftovers, recorded_pids
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "multi-cluster"
 CLUSTERS = ("east-a", "east-b", "west")
-
-
-def fedctl(env: dict[str, str], *argv: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def recorded_pids(mesh_dir: Path) -> list[tuple[int, int | None]]:
-    try:
-        state = read_state(mesh_dir)
-    except StateError:
-        return []
-    return [(p.pid, p.start_time) for p in (state.supervisor, *state.processes()) if p.pid is not None]
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +43,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     finally:
         seen.update(recorded_pids(mesh_dir))
         fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        for pid, start in seen:
-            if alive(pid, start):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+        kill_leftovers(seen)
 
 
 def status(mesh_dir: Path, capsys: pytest.CaptureFixture[str]) -> dict:
