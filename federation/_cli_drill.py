@@ -144,7 +144,8 @@ def run_spec(spec: DrillSpec, args: argparse.Namespace) -> int:
     import trio
 
     from ._cli_up import find_workload
-    from ._drill_faults import make_fault, resolve
+    from ._drill_config_faults import make_fault
+    from ._drill_faults import resolve
     from ._drill_report import store, summary, write_report
     from ._drill_run import DrillRun
     mesh_dir = resolve_dir(args.dir)

@@ -7,7 +7,7 @@ JSON (``--output json``)::
                    "trustDomain", "addressBlock",
                    "controlPlane": {"state", "restarts", "log", "configVersion", "refusedTotal",
                                     "lastRefusal", "connectedProxies", "certificatesIssued"},
-                   "gateway": {"pid", "address", "ready", "state", "restarts", "log"} | null,
+                   "gateway": {"pid", "address", "admin", "ready", "state", "restarts", "log"} | null,
                    "links": [{"from", "to", "state", "lastSync", "exported", "imported", ...}],
                    "workloads": [{"name", "namespace", "ready", "replicas", "address", "addresses",
                                   "pids", "instances": [{"name", "address", "ready", "appReady",
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ._federation_gateway import GATEWAY_ADMIN_PORT
 from ._launch import Layout
 from ._progress import table
 from ._state import InstanceRecord, MeshState, alive
@@ -74,8 +75,9 @@ def status_json(state: MeshState, layout: Layout) -> dict[str, Any]:
                               "addresses": [i.address for i in insts],
                               "pids": [p for i in insts for p in _pids(i)], "instances": rows})
         gw = c.gateway
-        gateway = None if gw is None else {"pid": gw.pid, "address": c.gateway_address, "ready": c.gateway_ready,
-                                           "state": gw.state, "restarts": gw.restarts, "log": gw.log}
+        gateway = None if gw is None else {"pid": gw.pid, "address": c.gateway_address, "admin": _admin(c.gateway_address),
+                                           "ready": c.gateway_ready, "state": gw.state, "restarts": gw.restarts,
+                                           "log": gw.log}
         clusters.append({
             "name": c.name, "ready": c.ready and (gw is None or c.gateway_ready) and all(w["ready"] for w in workloads),
             "dns": c.dns, "gateway": gateway,
@@ -91,6 +93,12 @@ def status_json(state: MeshState, layout: Layout) -> dict[str, Any]:
     return {"dir": state.dir, "phase": state.phase if running else "stale", "wiring": state.wiring,
             "ready": running and state.ready, "updatedAt": state.updated_at,
             "supervisor": {"processId": state.supervisor.pid, "running": running}, "clusters": clusters}
+
+
+def _admin(address: str) -> str | None:
+    """The gateway's admin listener (/ready, /clusters, /metrics): its address's host on :15000."""
+    host = address.rpartition(":")[0]
+    return f"{host}:{GATEWAY_ADMIN_PORT}" if host else None
 
 
 def _yes(flag: bool) -> str:

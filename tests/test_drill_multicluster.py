@@ -34,7 +34,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 
 from federation._cli_link import link_rows
-from federation._drill_faults import config_version, wait_pushed
+from federation._drill_config_faults import config_version, wait_pushed
 from federation._link_store import read_links
 from federation._state import read_state
 from federation.apps import HttpServer, build_handler

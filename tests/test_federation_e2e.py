@@ -62,9 +62,11 @@ def echo_cluster(mesh: tuple[Path, dict[str, str]]) -> str | None:
 def test_link_cross_cluster_call_failover_and_unlink(mesh: tuple[Path, dict[str, str]]) -> None:
     mesh_dir, env = mesh
     status = json.loads(fedctl(env, "status", str(mesh_dir), "--output", "json").stdout)
-    assert [(c["name"], c["gateway"]["address"], c["gateway"]["ready"]) for c in status["clusters"]] == [
-        ("east-a", "127.30.11.2:15443", True), ("east-b", "127.30.12.2:15443", True),
-        ("west", "127.30.13.2:15443", True)]
+    assert [(c["name"], c["gateway"]["address"], c["gateway"]["admin"], c["gateway"]["ready"])
+            for c in status["clusters"]] == [
+        ("east-a", "127.30.11.2:15443", "127.30.11.2:15000", True),
+        ("east-b", "127.30.12.2:15443", "127.30.12.2:15000", True),
+        ("west", "127.30.13.2:15443", "127.30.13.2:15000", True)]
 
     linked = fedctl(env, "link", "east-a", "west", "--dir", str(mesh_dir))
     assert linked.returncode == 0, linked.stdout + linked.stderr
