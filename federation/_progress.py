@@ -99,6 +99,10 @@ def listen_table(state: MeshState) -> str:
         rows.append((c.name, "control plane", c.address,
                      f"discovery+CA :{c.discovery.rsplit(':')[1]}  metrics :{c.metrics.rsplit(':')[1]}  "
                      f"dns :{c.dns.rsplit(':')[1]} (udp+tcp)", _pids(c.control_plane)))
+        if c.gateway is not None and c.gateway_address:
+            host, _, port = c.gateway_address.rpartition(":")
+            rows.append((c.name, "east-west gateway", host, f"mTLS passthrough :{port}  admin :15000",
+                         _pids(c.gateway)))
         for i in state.instances:
             if i.cluster != c.name:
                 continue

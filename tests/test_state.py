@@ -130,3 +130,19 @@ def test_last_up_is_remembered_for_commands_run_without_dir(tmp_path: Path) -> N
     assert remembered(env) == tmp_path / "mesh"
     assert resolve_dir(None, env) == tmp_path / "mesh"
     assert resolve_dir(str(tmp_path / "other"), env) == tmp_path / "other"
+
+
+def test_listen_table_shows_control_plane_gateway_and_instances_with_their_pids(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from federation._progress import listen_table
+    state = sample(tmp_path, proc("supervisor", 1), 42)
+    cluster = replace(state.clusters[0], gateway=proc("east-a/eastwest-gateway", 77),
+                      gateway_address="127.1.1.2:15443")
+    lines = listen_table(replace(state, clusters=(cluster,))).splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["CLUSTER", "WHAT", "ADDRESS"], ["east-a", "control", "plane"], ["east-a", "east-west", "gateway"],
+        ["east-a", "demo/echo-0", "127.1.1.13"]]
+    assert lines[2].split()[3:] == ["127.1.1.2", "mTLS", "passthrough", ":15443", "admin", ":15000", "77"]
+    assert lines[3].split()[3:] == ["app", ":8080", "sidecar", "out", ":15001", "in", ":15006", "admin", ":15000",
+                                    "42"]
