@@ -133,10 +133,12 @@ def build_timeline(samples: Iterable[Sample], ejections: Iterable[Ejections], sc
 
 def prompt_threshold(samples: Iterable[Sample], injected: float) -> float:
     """Slowest answer still counted as served without waiting on a failure: 3x the p99 before the
-    fault, and at least that p99 + 100 ms (1 s without a baseline)."""
+    fault, and at least that p99 + 300 ms (1 s without a baseline). A call that waited on a hung
+    endpoint waits for a timeout (seconds: a perTryTimeout, a connect timeout); the margin keeps
+    a busy machine's slower seconds, or a farther locality, from counting as not moved."""
     before = [s.latency_ms for s in samples if s.sent + s.latency_ms / 1000.0 < injected and s.ok]
     p99 = percentile(before, 99)
-    return 1000.0 if p99 is None else round(max(3 * p99, p99 + 100.0), 3)
+    return 1000.0 if p99 is None else round(max(3 * p99, p99 + 300.0), 3)
 
 
 def phase_latency(samples: Iterable[Sample], start: float, end: float) -> dict[str, float | None]:

@@ -381,8 +381,9 @@ def test_requests_in_flight_when_the_fault_comes_do_not_count_for_failover() -> 
 def test_answers_that_first_waited_on_the_failed_endpoints_are_not_healthy() -> None:
     from federation._drill_timeline import prompt_threshold
     samples = [s(0.1, 10), s(0.5, 20), s(1.1, 1020, "east-b"), s(1.6, 12, "east-b")]
-    assert prompt_threshold(samples, 1.0) == 120.0 and prompt_threshold([], 1.0) == 1000.0
-    timeline = build_timeline(samples, [], Scope("cluster", "east-a"), prompt_ms=120.0)
+    assert prompt_threshold(samples, 1.0) == 320.0 and prompt_threshold([], 1.0) == 1000.0
+    assert prompt_threshold([s(0.1, 200), s(0.2, 150)], 1.0) == 600.0  # 3x the p99 when that is more
+    timeline = build_timeline(samples, [], Scope("cluster", "east-a"), prompt_ms=320.0)
     assert [(e.covered, e.healthy, e.counted) for e in timeline] == [(2, 0, 2), (0, 1, 2)]
     v = judge(timeline, Window(1.0, None, scope="cluster east-a", prompt_ms=120.0), Slo(None, 5))
     assert v.reasons[0].startswith("traffic never moved: at best 50% of a second's requests were answered within "
