@@ -36,7 +36,7 @@ import trio
 from . import GatewayError
 from ._downstream import _BROKEN, DONE, RECV_SIZE, Downstream, DownstreamGone
 from ._events import (Data, EndOfMessage, InformationalResponse, LocalProtocolError, RemoteProtocolError, Request,
-                      Response)
+                      Response, _new_response)
 from ._headerops import HeaderOps
 from ._http1 import NEED_DATA
 from ._rescue import DownstreamProtocolError, UpstreamProtocolError, UpstreamResetError
@@ -371,7 +371,7 @@ async def _relay_response(down: Downstream, conn: UpstreamConnection, ops: Heade
             headers = response_headers(event.headers, ops)  # type: ignore[union-attr]
             if state.extra_headers:
                 headers += state.extra_headers
-            out.append(dcodec.send(Response(event.status, headers, event.reason)))  # type: ignore[union-attr]
+            out.append(dcodec.send(_new_response(event.status, headers, event.reason, b"1.1")))  # type: ignore[union-attr]
             state.head_sent = True
         elif kind is EndOfMessage:
             out.append(dcodec.send(event))  # type: ignore[arg-type]

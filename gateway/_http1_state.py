@@ -125,8 +125,16 @@ class ConnectionState:
             self.server = new
             if kind is Response and switch is None:
                 self.proposal = None  # a final answer that does not switch declines the proposal
-        if new is not SEND_BODY or self.proposal is not None or not self.keep_alive:
-            self._settle()  # entering SEND_BODY triggers nothing else: skip the checks on the hot path
+        if self.proposal is None and self.keep_alive:
+            # The hot path: entering SEND_BODY triggers nothing else, nor does entering DONE
+            # while the other side is mid-exchange or done too - skip the checks.
+            if new is SEND_BODY:
+                return
+            if new is DONE:
+                other = self.server if client else self.client
+                if other is DONE or other is SEND_RESPONSE or other is SEND_BODY:
+                    return
+        self._settle()
 
     def fail(self, role: Role) -> None:
         self.keep_alive = False

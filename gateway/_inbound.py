@@ -33,10 +33,10 @@ from trustdomain import TrustDomainError
 
 from ._authz import DENIED_BODY, DENIED_STATUS
 from ._authz_match import AuthzRequest
-from ._events import InformationalResponse, Request
+from ._events import InformationalResponse, Request, _new_request
 from ._fastio import FastSocketStream, FastTlsStream
 from ._downstream import RECV_SIZE, Downstream, DownstreamGone, serve_http1
-from ._exchange import Exchange, ResponseAborted, forward, forward_upgrade, request_headers
+from ._exchange import Exchange, ResponseAborted, forward_attempt, forward_upgrade, request_headers
 from ._h2down import H2Downstream
 from ._h2forward import forward_to_app
 from ._h2serve import H2_PREFACE, maybe_preface, read_preface, serve_inbound_h2
@@ -313,7 +313,7 @@ class InboundListener:
                 headers = [h for h in headers if h[0] != XFCC_HEADER]
                 if caller.xfcc is not None:
                     headers.append((XFCC_HEADER, caller.xfcc))
-            head = Request(req.method, req.target, headers)
+            head = _new_request(req.method, req.target, headers, b"1.1")
             key = (inbound.app_address, port, "", "")
             protocol = inbound.app_ports.get(port, "http")
             if upgrade is not None:  # WebSocket: a connection of its own, a tunnel after 101
@@ -322,7 +322,8 @@ class InboundListener:
                 conn = await open_connection(key, None, self.proxy.app_connect_timeout)
                 await forward_upgrade(down, head, conn, state=state)
             elif type(down) is Downstream and protocol.lower() not in _H2_PROTOCOLS:
-                await forward(down, head, has_body, self.proxy.pool, key, self.proxy.app_connect_timeout, state=state)
+                # forward_attempt rather than forward: one coroutine less per request
+                await forward_attempt(down, head, self.proxy.pool, key, self.proxy.app_connect_timeout, state=state)
             else:  # HTTP/2 at either end
                 await forward_to_app(self.proxy, down, head, has_body, inbound.app_address, port, protocol, state)
         except ProxyError as exc:

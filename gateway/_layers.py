@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._events import InformationalResponse, Request
+from ._events import InformationalResponse, _new_request
 from ._exchange import ResponseAborted, apply_ops, request_headers
 from ._fault import MILLION
 from ._flags import ResponseFlag
-from ._match import RouteRequest
+from ._match import fast_route_request
 from ._outbound_request import LazyHeaders, split_target
 from ._ratelimit import Limited
 from ._ratelimits import take_all
@@ -129,7 +129,7 @@ class RouteLayer(Layer):
             await down.send_bytes(down.codec.send(_CONTINUE))
         _, port = split_authority(authority)
         path, _, query = path_q.partition(b"?")
-        x.rr = rr = RouteRequest(req.method.decode("latin-1"), "http", authority.decode("latin-1"),
+        x.rr = rr = fast_route_request(req.method.decode("latin-1"), "http", authority.decode("latin-1"),
                                  path.decode("latin-1"), query.decode("latin-1"), LazyHeaders(req.headers), port)
         route = x.snap.routes.route(rr)
         if route is None:
@@ -228,7 +228,7 @@ class SplitLayer(Layer):
             headers = apply_ops(dest.request_headers, headers)
         rewrite = action.rewrite
         target = rewrite.apply(rr.path, rr.query).encode("latin-1") if rewrite is not None else x.path_q
-        x.head = Request(req.method, target, headers)
+        x.head = _new_request(req.method, target, headers, b"1.1")
         x.body = RequestBody(x.policy.retry.per_request_buffer_limit)
         if cluster.hash_policy is not None:
             x.hash = cluster.hash_policy.decide(headers=req.headers, query=rr.query,

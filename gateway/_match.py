@@ -130,6 +130,22 @@ Condition = Callable[[RouteRequest], object]
 """A compiled condition: truthy when the request meets it."""
 
 
+_RouteRequestB = type("_RouteRequestBuilder", (), {"__slots__": RouteRequest.__slots__})
+
+
+def fast_route_request(method: str, scheme: str, authority: str, path: str, query: str,
+                       headers: Mapping[str, str], port: int) -> RouteRequest:
+    """``RouteRequest(...)`` for the per-request path, ``headers`` already a Mapping: built
+    as ``_events`` builds events (plain stores on a twin of the same slots, then the
+    frozen class), without the frozen ``__init__``'s ``object.__setattr__`` per field."""
+    r = _RouteRequestB()
+    r.method, r.scheme, r.authority, r.path, r.query = method, scheme, authority, path, query  # type: ignore[attr-defined]
+    r.headers, r.port, r.source_namespace, r.source_labels = headers, port, "", EMPTY_MAP  # type: ignore[attr-defined]
+    r._query_params = None  # type: ignore[attr-defined]
+    r.__class__ = RouteRequest
+    return r  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, slots=True)
 class StringMatcher:
     """A compiled ``StringMatch``. ``test(value)`` is the hot-path entry point."""
