@@ -169,6 +169,8 @@ class IdleWatch:
 
     def __init__(self, timeout: Callable[[], float | None]) -> None:
         self.timeout = timeout
+        self.now: Callable[[], float] = trio.current_time
+        """The clock of ``waiting`` (the proxy's ``run_clock``): equal to ``trio.current_time``."""
         self.waiting: dict[trio.CancelScope, float] = {}
         self.busy: dict[trio.CancelScope, int] = {}
         """Connections serving a request: their socket's file descriptor (module docstring)."""
@@ -241,7 +243,7 @@ async def serve_http1(down: Downstream, handle: Handler, idle: IdleWatch | None)
     waiting = idle.waiting if idle is not None else {}
     busy = idle.busy if idle is not None else {}
     fd = stream_fd(down.stream) if idle is not None else -1
-    now = trio.current_time
+    now = idle.now if idle is not None else trio.current_time
     with trio.CancelScope() as scope:
         if fd >= 0:
             down.watch = (busy, scope)

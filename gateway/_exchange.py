@@ -53,6 +53,9 @@ Accept = Callable[[Response], None]
 _REQUEST_DROP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te",
                            b"expect", b"http2-settings"})
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade"})
+_REQUEST_LISTED_GONE = _REQUEST_DROP - {b"te"}
+"""Connection tokens naming headers the first pass already dropped (``te: trailers`` is
+kept by it, ``host`` is kept anyway): no second pass is needed for them."""
 
 
 class RetryableResponse(GatewayError):
@@ -96,7 +99,7 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], authority: bytes
         elif name == b"transfer-encoding":
             has_body = True
         out.append(pair)
-    if listed:
+    if listed and not _REQUEST_LISTED_GONE.issuperset(listed):
         out = [p for p in out if p[0] not in listed or p[0] == b"host"]
     if upgrade is not None:
         if listed is not None and b"upgrade" in listed and not has_body and upgrade.strip().lower() != b"h2c":
@@ -117,7 +120,7 @@ def response_headers(headers: Sequence[tuple[bytes, bytes]], ops: HeaderOps) -> 
                 listed = [t.strip().lower() for t in pair[1].split(b",")]
             continue
         out.append(pair)
-    if listed:
+    if listed and not _RESPONSE_DROP.issuperset(listed):  # "keep-alive" names nothing left
         out = [p for p in out if p[0] not in listed]
     if ops:
         out = apply_ops(ops, out)

@@ -271,7 +271,7 @@ class InboundListener:
     async def handle(self, down: Downstream, req: Request, caller: Caller) -> bool:
         snap = self.proxy.snapshot
         inbound: InboundConfig = snap.inbound
-        started = trio.current_time()
+        started = self.proxy.now()
         host = b""
         for name, value in req.headers:
             if name == b"host":

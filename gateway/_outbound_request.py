@@ -51,7 +51,7 @@ class OutboundRequest:
         self.snap = snap
         self.down = down
         self.req = req
-        self.started = trio.current_time()
+        self.started = proxy.now()
         self.wall_start = time.time()
         self.state = Exchange()
         self.flags: list[ResponseFlag] = []

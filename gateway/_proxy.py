@@ -29,6 +29,7 @@ from trustdomain import TrustDomainError
 
 from . import GatewayError
 from ._admin import AdminServer
+from ._clock import run_clock
 from ._metrics import ProxyMetrics
 from ._reporting import Reporting
 from ._config import ProxyConfig, parse_hostport
@@ -86,6 +87,8 @@ class Proxy:
         self.pool = UpstreamPool(lambda: self.client_mtls)
         self.h2pool = H2Pool(lambda: self.client_mtls)
         self.idle = IdleWatch(self._idle_timeout)
+        self.now: Callable[[], float] = trio.current_time
+        """``trio.current_time`` of the run serving this proxy (``_clock.run_clock`` once running)."""
         self.mirrors = Mirrors(self)
         diagnostics = self.apply(config)
         if self._snapshot is None:
@@ -162,6 +165,9 @@ class Proxy:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (or ``stop``); ``task_status.started`` gets the bound addresses."""
+        self.now = now = run_clock()
+        self.pool.use_clock(now)
+        self.idle.now = self.report.now = now
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)

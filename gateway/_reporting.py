@@ -10,6 +10,7 @@ is applied (the local workload or the services may have changed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -37,6 +38,8 @@ class Reporting:
     def __init__(self, metrics: ProxyMetrics, telemetry: Telemetry | None = None) -> None:
         self.metrics = metrics
         self.telemetry = telemetry
+        self.now: Callable[[], float] = trio.current_time
+        """``trio.current_time`` (the proxy's faster ``run_clock`` while it runs)."""
         self._local = Workload()
         self._snap: Snapshot | None = None
         self._out: dict[tuple, HttpSeries | TcpSeries] = {}
@@ -73,7 +76,7 @@ class Reporting:
                       started: float, request_bytes: int = 0, response_bytes: int = 0,
                       grpc_status: int | None = None) -> None:
         self._outbound_series(cluster, target, peer, False).record(
-            code=status, duration_ms=(trio.current_time() - started) * 1000.0, request_bytes=request_bytes,
+            code=status, duration_ms=(self.now() - started) * 1000.0, request_bytes=request_bytes,
             response_bytes=response_bytes, flags=flags, grpc_status=grpc_status)
 
     def outbound_request(self, x: OutboundRequest) -> None:
@@ -124,7 +127,7 @@ class Reporting:
     def inbound_http(self, peer: str | None, port: int, status: int, flags: str, started: float,
                      request_bytes: int = 0, response_bytes: int = 0, grpc_status: int | None = None) -> None:
         self._inbound_series(peer, port, False).record(
-            code=status, duration_ms=(trio.current_time() - started) * 1000.0, request_bytes=request_bytes,
+            code=status, duration_ms=(self.now() - started) * 1000.0, request_bytes=request_bytes,
             response_bytes=response_bytes, flags=flags, grpc_status=grpc_status)
 
     def inbound_tcp(self, peer: str | None, port: int, flags: str, result: SpliceResult | None = None) -> None:
@@ -151,7 +154,7 @@ def access_log_entry(x: OutboundRequest, flags: str) -> AccessLogEntry:
         method=x.req.method.decode("latin-1"), path=x.path_q.decode("latin-1") or None, protocol=x.down.protocol,
         response_code=state.status, response_flags=flags, response_code_details=details,
         bytes_received=state.bytes_in, bytes_sent=state.bytes_out,
-        duration=int((trio.current_time() - x.started) * 1000), x_forwarded_for=forwarded, user_agent=user_agent,
+        duration=int((x.proxy.now() - x.started) * 1000), x_forwarded_for=forwarded, user_agent=user_agent,
         request_id=request_id, authority=x.authority.decode("latin-1") or None,
         upstream_host=x.target.authority if x.target is not None else None,
         upstream_cluster=x.cluster.name if x.cluster is not None else None,

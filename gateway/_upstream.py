@@ -109,7 +109,7 @@ class UpstreamConnection:
     """One open upstream connection and its HTTP/1.1 client codec."""
 
     __slots__ = ("key", "stream", "codec", "served", "expires", "closed", "peer", "gate", "permit", "drain_at",
-                 "_raw", "_pool")
+                 "_raw", "_pool", "_poller", "_polled_fd")
 
     def __init__(self, key: PoolKey, stream: trio.abc.Stream, raw: FastSocketStream,
                  pool: UpstreamPool | None, limits: HttpLimits = DEFAULT_LIMITS) -> None:
@@ -130,6 +130,9 @@ class UpstreamConnection:
         """When this connection stops taking requests (``maxConnectionDuration``)."""
         self._raw = raw
         self._pool = pool
+        self._poller: Any = None
+        """``select.poll`` with the socket registered, kept for ``is_stale`` (one per connection)."""
+        self._polled_fd = -1
 
     @property
     def address(self) -> str:
@@ -140,8 +143,12 @@ class UpstreamConnection:
         if self.closed:
             return True
         try:
-            poller = select.poll()
-            poller.register(self._raw.fileno(), select.POLLIN)
+            fd = self._raw.socket.fileno()
+            poller = self._poller
+            if poller is None or fd != self._polled_fd:
+                poller = self._poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                self._polled_fd = fd
             return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
@@ -227,8 +234,16 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self.limits = limits
         self._clock = clock
+        self._run_clock = clock is trio.current_time
+        """The clock is trio's: ``use_clock`` may swap in the run's faster equivalent."""
         self._idle: dict[PoolKey, deque[UpstreamConnection]] = {}
         self.stats: dict[PoolKey, KeyStats] = {}
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Read ``clock``, equal to ``trio.current_time`` in this run (``_clock.run_clock``),
+        unless the pool was given a clock of its own."""
+        if self._run_clock:
+            self._clock = clock
 
     def _stats(self, key: PoolKey) -> KeyStats:
         found = self.stats.get(key)

@@ -89,7 +89,7 @@ class Stack:
     """The four attempt layers over ``upstream`` for ``cluster``."""
 
     def __init__(self, cluster: ClusterConfig, upstream: Upstream, seed: int = 3) -> None:
-        self.proxy = SimpleNamespace(metrics=ProxyMetrics())
+        self.proxy = SimpleNamespace(metrics=ProxyMetrics(), now=trio.current_time)
         self.cluster = cluster
         self.upstream = upstream
         self.seed = seed
