@@ -21,6 +21,7 @@ downstream with flag ``URX``.
 from __future__ import annotations
 
 import functools
+import operator
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 _RETRY_HEADERS = frozenset({b"grpc-status", b"x-envoy-ratelimited"})
 """Response headers the retry conditions read besides ``retriable_headers``."""
 _PENDING = Overflow(Resource.PENDING_REQUESTS)
+_NAME = operator.itemgetter(0)
 
 
 def is_cancelled(exc: BaseException) -> bool:
@@ -96,6 +98,10 @@ class RouteTimeoutLayer(Layer):
 class RetryLayer(Layer):
     """Envoy's retry loop (module docstring); a route with ``attempts: 0`` passes through."""
 
+    skip_to: Layer | None = None
+    """The balancer layer: next when the request has no per-try timeout (one coroutine
+    less per attempt than passing through ``PerTryTimeoutLayer``)."""
+
     def __init__(self, inner: Any, proxy: Proxy, rng: random.Random) -> None:
         super().__init__(inner)
         self.proxy = proxy
@@ -104,8 +110,12 @@ class RetryLayer(Layer):
     async def handle(self, x: OutboundRequest) -> None:
         policy = x.policy.retry
         cluster = x.cluster
+        timer = x.timer
+        inner = self.skip_to if timer is None or timer.per_try_timeout is None else self.inner
+        if inner is None:
+            inner = self.inner
         if policy.attempts <= 0 or x.upgrade or cluster is None:
-            await self.inner.handle(x)
+            await inner.handle(x)
             return
         names = _header_names(policy.retriable_headers)
         codes = policy.retriable_status_codes
@@ -127,7 +137,7 @@ class RetryLayer(Layer):
         def accept(response: Response) -> None:
             status = response.status
             if (rs is None and status < 500 and status != 409 and status not in codes
-                    and not any(p[0] in names for p in response.headers)):
+                    and names.isdisjoint(map(_NAME, response.headers))):
                 return  # no retryOn condition can match (``_retry.classify``): nothing to decide
             headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in response.headers if n in names}
             decision = sync().should_retry(AttemptResult.response(status, headers))
@@ -140,7 +150,7 @@ class RetryLayer(Layer):
         try:
             while True:
                 try:
-                    await self.inner.handle(x)
+                    await inner.handle(x)
                     return
                 except RetryableResponse as r:
                     decision: Any = r.decision
@@ -217,64 +227,66 @@ class BalancerLayer(Layer):
                 self.proxy.metrics.record_overflow(cluster.name, got)
                 raise UpstreamOverflowError(cluster.name, "requests")
             permit = got
+        # The attempt in this same coroutine (not a method of its own): one coroutine less per attempt.
         try:
-            await self._attempt(x, cluster)
+            picker = cluster.picker
+            exclude = x.exclude
+            host = picker.pick(PickContext(x.hash, exclude, x.policy.retry.retry_remote_localities)
+                               if x.hash is not None or exclude else NO_CONTEXT)
+            if host is None:
+                raise NoHealthyUpstreamError(cluster.name)
+            x.host = x.inflight = host
+            x.target = target = host.endpoint
+            x.attempts += 1
+            stats = target.stats
+            stats.rq_total += 1
+            stats.rq_active += 1
+            picker.on_request_start(host)
+            retry_accept = x.accept
+            if picker.outlier is not None:
+                key = host.key
+
+                def accept(response: Response) -> None:
+                    picker.record_status(key, response.status, trio.current_time())
+                    if retry_accept is not None:
+                        retry_accept(response)
+
+                x.attempt_accept = accept
+            else:
+                x.attempt_accept = retry_accept
+            try:
+                await self.inner.handle(x)
+            except BaseException as exc:
+                stats.rq_error += 1
+                if is_cancelled(exc):
+                    raise  # x.inflight stays: the timeout that cancelled it records it
+                x.inflight = None
+                if isinstance(exc, UpstreamConnectError):
+                    stats.cx_connect_fail += 1
+                    picker.record_result(host.key, OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED, trio.current_time())
+                elif isinstance(exc, (UpstreamResetError, UpstreamProtocolError)) or (
+                        isinstance(exc, ResponseAborted) and not isinstance(exc.cause, UpstreamTimeoutError)):
+                    # Envoy router: any upstream reset but an overflow counts as a local-origin failure
+                    picker.record_result(host.key, OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED, trio.current_time())
+                elif isinstance(exc, UpstreamOverflowError):
+                    self.proxy.metrics.record_overflow(cluster.name, _PENDING)
+                raise
+            else:
+                x.inflight = None
+                if x.state.status >= 500:
+                    stats.rq_error += 1
+                else:
+                    stats.rq_success += 1
+            finally:
+                stats.rq_active -= 1
+                picker.on_request_end(host)
+                # The retry layer's accept closes over ``x``: dropping it here leaves no cycle
+                # x -> accept -> x, so the request's objects go when it ends, not at the
+                # next collection of the cyclic GC.
+                x.attempt_accept = None
         finally:
             if permit is not None:
                 permit.release()  # type: ignore[union-attr]
-
-    async def _attempt(self, x: OutboundRequest, cluster: Any) -> None:
-        picker = cluster.picker
-        exclude = x.exclude
-        host = picker.pick(PickContext(x.hash, exclude, x.policy.retry.retry_remote_localities)
-                           if x.hash is not None or exclude else NO_CONTEXT)
-        if host is None:
-            raise NoHealthyUpstreamError(cluster.name)
-        x.host = x.inflight = host
-        x.target = target = host.endpoint
-        x.attempts += 1
-        stats = target.stats
-        stats.rq_total += 1
-        stats.rq_active += 1
-        picker.on_request_start(host)
-        retry_accept = x.accept
-        if picker.outlier is not None:
-            key = host.key
-
-            def accept(response: Response) -> None:
-                picker.record_status(key, response.status, trio.current_time())
-                if retry_accept is not None:
-                    retry_accept(response)
-
-            x.attempt_accept = accept
-        else:
-            x.attempt_accept = retry_accept
-        try:
-            await self.inner.handle(x)
-        except BaseException as exc:
-            stats.rq_error += 1
-            if is_cancelled(exc):
-                raise  # x.inflight stays: the timeout that cancelled it records it
-            x.inflight = None
-            if isinstance(exc, UpstreamConnectError):
-                stats.cx_connect_fail += 1
-                picker.record_result(host.key, OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED, trio.current_time())
-            elif isinstance(exc, (UpstreamResetError, UpstreamProtocolError)) or (
-                    isinstance(exc, ResponseAborted) and not isinstance(exc.cause, UpstreamTimeoutError)):
-                # Envoy router: any upstream reset but an overflow counts as a local-origin failure
-                picker.record_result(host.key, OutlierResult.LOCAL_ORIGIN_CONNECT_FAILED, trio.current_time())
-            elif isinstance(exc, UpstreamOverflowError):
-                self.proxy.metrics.record_overflow(cluster.name, _PENDING)
-            raise
-        else:
-            x.inflight = None
-            if x.state.status >= 500:
-                stats.rq_error += 1
-            else:
-                stats.rq_success += 1
-        finally:
-            stats.rq_active -= 1
-            picker.on_request_end(host)
 
 
 class EndpointLayer(Layer):

@@ -186,6 +186,7 @@ class Http1Reader:
         return cls(self._callbacks)
 
     def _reset_message(self) -> None:
+        # ``_on_begin`` repeats these stores inline: keep the two in step.
         self._in_message = False
         self._hdone = False
         self._url = b""
@@ -203,7 +204,20 @@ class Http1Reader:
 
     def _on_begin(self) -> None:
         if not self._synthetic:
-            self._reset_message()
+            # ``_reset_message`` inlined: this runs for every message (one call less from llhttp).
+            self._hdone = False
+            self._url = b""
+            self._reason = b""
+            self._headers = []
+            self._head_bytes = 0
+            self._trailers = None
+            self._body_bytes = 0
+            self._hosts = 0
+            self._expect = False
+            self._clen = None
+            self._te = False
+            self._informational = False
+            self._until_eof = False
             self._in_message = True
 
     def _on_url(self, url: bytes) -> None:

@@ -24,6 +24,7 @@ Per connection, in order:
 from __future__ import annotations
 
 import logging
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ DETECT_TIMEOUT = 10.0
 """Seconds a new connection may take to send its first bytes (and a whole ClientHello)."""
 HANDSHAKE_TIMEOUT = 10.0
 _CONTINUE = InformationalResponse(100)
+_NAME = operator.itemgetter(0)
 _H2_PROTOCOLS = frozenset({"http2", "grpc"})
 
 
@@ -309,10 +311,10 @@ class InboundListener:
             if down.codec.they_are_waiting_for_100_continue:
                 await down.send_bytes(down.codec.send(_CONTINUE))
             headers, has_body, upgrade = request_headers(req.headers, host)
-            if caller.xfcc is not None or any(n == XFCC_HEADER for n, _ in headers):
+            if XFCC_HEADER in map(_NAME, headers):  # what the caller sent is replaced
                 headers = [h for h in headers if h[0] != XFCC_HEADER]
-                if caller.xfcc is not None:
-                    headers.append((XFCC_HEADER, caller.xfcc))
+            if caller.xfcc is not None:
+                headers.append((XFCC_HEADER, caller.xfcc))
             head = _new_request(req.method, req.target, headers, b"1.1")
             key = (inbound.app_address, port, "", "")
             protocol = inbound.app_ports.get(port, "http")

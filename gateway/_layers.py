@@ -26,6 +26,7 @@ detector in the balancer layer instead.
 from __future__ import annotations
 
 import logging
+import operator
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ _CONTINUE = InformationalResponse(100)
 _XFP = (b"x-forwarded-proto", b"http")
 _FAULT_BODY = b"fault filter abort"  # Envoy fault filter's local reply body
 _RATE_LIMITED_BODY = b"local_rate_limited"  # Envoy local_ratelimit's local reply body
+_NAME = operator.itemgetter(0)
 _STRIPPED = frozenset(h.encode() for h in IGNORED_REQUEST_HEADERS) | {TIMEOUT_HEADER.encode(),
                                                                         PER_TRY_TIMEOUT_HEADER.encode()}
 
@@ -217,7 +219,7 @@ class SplitLayer(Layer):
         headers, x.has_body, upgrade = request_headers(req.headers, out_authority)
         x.upgrade = upgrade is not None
         headers.append(_XFP)
-        if any(n in _STRIPPED for n, _ in headers):
+        if not _STRIPPED.isdisjoint(map(_NAME, headers)):
             # Retry steering is never honoured; timeout overrides are, from our own app.
             x.envoy_headers = {n.decode(): v.decode("latin-1") for n, v in headers if n in _STRIPPED}
             headers = [p for p in headers if p[0] not in _STRIPPED]
@@ -297,7 +299,7 @@ def build_outbound(proxy: Proxy, rng: random.Random | None = None) -> Layer:
 
     rng = rng or random.Random()
     stack: Layer = EndpointLayer(None, proxy)          # pooled (m)TLS connection, exchange
-    stack = BalancerLayer(stack, proxy)                # host pick gated by breaker and outlier detector
+    stack = balancer = BalancerLayer(stack, proxy)     # host pick gated by breaker and outlier detector
     stack = PerTryTimeoutLayer(stack, proxy)           # perTryTimeout: 504 UT, retriable
     stack = retry = RetryLayer(stack, proxy, rng)      # retryOn, backoff, other host, URX
     stack = RouteTimeoutLayer(stack, proxy)            # route timeout over all attempts: 504 UT
@@ -310,4 +312,5 @@ def build_outbound(proxy: Proxy, rng: random.Random | None = None) -> Layer:
     # The fast path: layers with nothing to do for a request's route are stepped over.
     route.skip_to = split
     split.skip_to = retry
+    retry.skip_to = balancer  # no per-try timeout: past PerTryTimeoutLayer
     return TelemetryLayer(stack, proxy)                # rescue, metrics, access log, span

@@ -164,14 +164,16 @@ def split_target(target: bytes, headers: object) -> tuple[bytes, bytes]:
     """(authority, path-and-query) of an absolute-form or origin-form request target."""
     if target[:7].lower() == b"http://":
         rest = target[7:]
-        cut = len(rest)
-        for sep in (b"/", b"?"):
-            i = rest.find(sep)
-            if 0 <= i < cut:
-                cut = i
-        authority, path = rest[:cut], rest[cut:]
-        if not path.startswith(b"/"):
-            path = b"/" + path
+        cut = rest.find(b"/")
+        query = rest.find(b"?", 0, len(rest) if cut < 0 else cut)
+        if query >= 0:
+            cut = query
+        if cut < 0:
+            authority, path = rest, b"/"
+        else:
+            authority, path = rest[:cut], rest[cut:]
+            if path[0] != 0x2F:  # "/": a query right after the authority
+                path = b"/" + path
         if not authority:
             raise DownstreamProtocolError(f"request target {target!r} names no host")
         return authority, path

@@ -19,6 +19,7 @@ an invalid one is ignored, as the specs say, and a new trace starts.
 from __future__ import annotations
 
 import enum
+import operator
 import os
 import random
 import re
@@ -36,6 +37,7 @@ B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_ID = b"x-b3-traceid", b"x-b3-spanid", b"x-b3-
 B3_SAMPLED, B3_FLAGS = b"x-b3-sampled", b"x-b3-flags"
 _REPLACED = frozenset({TRACEPARENT, B3, B3_TRACE_ID, B3_SPAN_ID, B3_PARENT_ID, B3_SAMPLED, B3_FLAGS})
 _READ = _REPLACED | {REQUEST_ID, TRACESTATE}
+_NAME = operator.itemgetter(0)
 
 DEFAULT_SAMPLING_PERCENT = 1.0  # Istio meshConfig.defaultConfig.tracing.sampling default
 
@@ -200,10 +202,16 @@ class Tracer:
         """Read the caller's ids from ``headers`` (lowercase names) and return this hop and
         the headers to forward: x-request-id ensured and, when tracing, trace headers
         carrying this hop's new span id."""
+        enabled = self.sink is not None
+        if not enabled and _READ.isdisjoint(map(_NAME, headers)):
+            # Untraced and the caller sent no ids (the common case): a new request id, the rest as is.
+            request_id = new_request_id()
+            out = list(headers)
+            out.append((REQUEST_ID, request_id))
+            return Hop(request_id), out
         out: list[tuple[bytes, bytes]] = []
         found: dict[bytes, bytes] = {}
         states: list[bytes] = []
-        enabled = self.sink is not None
         for pair in headers:
             name_ = pair[0]
             if name_ in _READ:
