@@ -49,17 +49,13 @@ def register(sub: Any) -> None:
 
 def _client(args: argparse.Namespace) -> Any:
     from ._check import Client
-    from ._cli_up import find_workload
+    from ._cli_up import find_instance
     from ._state import read_state, resolve_dir
-    mesh_dir = resolve_dir(args.dir)
-    state = read_state(mesh_dir)
-    cluster, namespace, name = find_workload(state, args.source)
-    insts = [i for i in state.instances if (i.cluster, i.namespace, i.workload) == (cluster, namespace, name)]
-    if not insts:
-        raise FederationError(f"{cluster}/{namespace}/{name} has no instances (scaled to 0)")
-    inst = next((i for i in insts if i.ready), insts[0])
+    state = read_state(resolve_dir(args.dir))
+    inst = find_instance(state, args.source)
     domains = {c.name: c.trust_domain for c in state.clusters}
-    return Client(f"{cluster}/{namespace}/{name} ({inst.instance})", inst.admin, inst.outbound, domains)
+    return Client(f"{inst.cluster}/{inst.namespace}/{inst.workload} ({inst.instance})", inst.admin, inst.outbound,
+                  domains)
 
 
 def run_check(args: argparse.Namespace) -> int:

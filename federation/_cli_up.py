@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import FederationError
-from ._state import MeshState, StateError, alive, clean_stale, read_state, resolve_dir, signal_process
+from ._state import InstanceRecord, MeshState, StateError, alive, clean_stale, read_state, resolve_dir, signal_process
 
 DOWN_TIMEOUT = 90.0
 SCALE_TIMEOUT = 60.0
@@ -189,6 +189,15 @@ def find_workload(state: MeshState, text: str) -> tuple[str, str, str]:
     return (cluster, found[0].namespace, name)
 
 
+def find_instance(state: MeshState, text: str) -> InstanceRecord:
+    """The instance of the workload ``text`` names to act from (curl, check): a ready one if any."""
+    cluster, namespace, name = find_workload(state, text)
+    insts = [i for i in state.instances if (i.cluster, i.namespace, i.workload) == (cluster, namespace, name)]
+    if not insts:
+        raise FederationError(f"{cluster}/{namespace}/{name} has no instances (scaled to 0)")
+    return next((i for i in insts if i.ready), insts[0])
+
+
 def proxies_in_sync(mesh_dir: Path, state: MeshState, cluster: str) -> bool:
     """Whether every proxy of ``cluster`` runs the document its control plane serves now: over
     discovery, each ACKed exactly that document (the control plane compares digests); with
@@ -239,11 +248,7 @@ def run_curl(args: argparse.Namespace) -> int:
     from ._curl import CurlError, build_request, send
     mesh_dir = resolve_dir(args.dir)
     state = _running_state(mesh_dir)
-    cluster, namespace, name = find_workload(state, args.target)
-    insts = [i for i in state.instances if (i.cluster, i.namespace, i.workload) == (cluster, namespace, name)]
-    if not insts:
-        raise FederationError(f"{cluster}/{namespace}/{name} has no instances (scaled to 0)")
-    inst = next((i for i in insts if i.ready), insts[0])
+    inst = find_instance(state, args.target)
     try:
         request = build_request(args.url, args.method, args.headers, args.data)
         response = send((inst.address, 15001), request, args.max_time)

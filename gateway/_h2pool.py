@@ -39,7 +39,7 @@ from ._events import Role
 from ._h2session import H2Session, H2Stream, upstream_gone
 from ._limits import DEFAULT_LIMITS, HttpLimits
 from ._rescue import UpstreamConnectError, UpstreamResetError
-from ._upstream import DEFAULT_OPTIONS, PoolKey, UpstreamConnection, open_connection
+from ._upstream import PoolKey, UpstreamConnection, open_gated
 
 if TYPE_CHECKING:
     from ._breaker import Permit
@@ -174,17 +174,9 @@ class H2Pool:
         done = self._connecting[key] = trio.Event()
         stats = self._stats(key)
         try:
-            try:
-                conn = await open_connection(key, self.h2_contexts() if key[2] else None, timeout, None, self.limits,
-                                             gate.options if gate is not None else DEFAULT_OPTIONS)
-            except BaseException as exc:
-                if isinstance(exc, UpstreamConnectError):
-                    stats.cx_connect_fail += 1
-                if permit is not None:
-                    permit.release()
-                    gate.wake()  # type: ignore[union-attr]
-                raise
-            conn.gate, conn.permit = gate, permit  # closing the connection gives the permit back
+            conn = await open_gated(key, self.h2_contexts() if key[2] else None, timeout, None, self.limits, gate,
+                                    permit, stats)
+            conn.gate = gate  # closing the connection gives the permit back and wakes the gate
             if key[2]:
                 alpn = getattr(conn.stream, "selected_alpn_protocol", lambda: None)()
                 if alpn != H2_ALPN:

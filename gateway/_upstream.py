@@ -223,6 +223,26 @@ async def open_connection(key: PoolKey, mtls: MtlsContexts | None, timeout: floa
     return conn
 
 
+async def open_gated(key: PoolKey, contexts: MtlsContexts | None, timeout: float, pool: UpstreamPool | None, limits: HttpLimits,
+                     gate: ConnectionGate | None, permit: Permit | None, stats: KeyStats) -> UpstreamConnection:
+    """``open_connection`` under a circuit-breaker permit (HTTP/1.1 and HTTP/2 pools alike): a
+    failure counts ``cx_connect_fail`` (connect errors) and gives the permit back, waking a
+    pending request; an open connection holds the permit until it closes."""
+    try:
+        conn = await open_connection(key, contexts, timeout, pool, limits,
+                                     gate.options if gate is not None else DEFAULT_OPTIONS)
+    except BaseException as exc:
+        if isinstance(exc, UpstreamConnectError):
+            stats.cx_connect_fail += 1
+        if permit is not None:
+            permit.release()
+            gate.wake()  # type: ignore[union-attr]
+        raise
+    if permit is not None:
+        conn.gate, conn.permit = gate, permit
+    return conn
+
+
 class UpstreamPool:
     """Idle upstream connections by key; see the module docstring."""
 
@@ -271,18 +291,8 @@ class UpstreamPool:
                 break
             await gate.wait_pending()
         stats = self._stats(key)
-        try:
-            conn = await open_connection(key, self._mtls() if key[2] else None, connect_timeout, self, self.limits,
-                                         gate.options if gate is not None else DEFAULT_OPTIONS)
-        except BaseException as exc:
-            if isinstance(exc, UpstreamConnectError):
-                stats.cx_connect_fail += 1
-            if permit is not None:
-                permit.release()
-                gate.wake()  # type: ignore[union-attr]
-            raise
-        if permit is not None:
-            conn.gate, conn.permit = gate, permit
+        conn = await open_gated(key, self._mtls() if key[2] else None, connect_timeout, self, self.limits, gate,
+                                permit, stats)
         stats.cx_total += 1
         stats.cx_active += 1
         return conn, False
