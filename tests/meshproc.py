@@ -9,11 +9,12 @@ the kernel has given to something else is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from federation._state import StateError, alive, read_state
@@ -43,3 +44,19 @@ def kill_leftovers(seen: Iterable[tuple[int, int | None]]) -> None:
                     kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+@contextlib.contextmanager
+def mesh_up(mesh_dir: Path, env: dict[str, str], *up_args: str, timeout: float = 150) -> Iterator[None]:
+    """``fedctl up DIR --detach UP_ARGS`` for the body of the ``with``; then ``fedctl down`` and
+    ``kill_leftovers`` of every PID the mesh recorded, also when ``up`` or the body failed."""
+    seen: set[tuple[int, int | None]] = set()
+    try:
+        up = fedctl(env, "up", str(mesh_dir), "--detach", *up_args, timeout=timeout)
+        seen |= recorded_pids(mesh_dir)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield
+    finally:
+        seen |= recorded_pids(mesh_dir)
+        fedctl(env, "down", str(mesh_dir), "--timeout", "30")
+        kill_leftovers(seen)

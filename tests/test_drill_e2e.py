@@ -23,7 +23,7 @@ import pytest
 
 from federation._state import read_state
 from federation.cli import main
-from meshproc import fedctl, kill_leftovers, recorded_pids
+from meshproc import mesh_up
 
 MESH = """apiVersion: meshfed.io/v1alpha1
 kind: Mesh
@@ -70,16 +70,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     (mesh_dir / "mesh.yaml").write_text(MESH)
     (mesh_dir / "istio" / "echo.yaml").write_text(ISTIO % OUTLIER)
     env = {**os.environ, "XDG_STATE_HOME": str(base / "xdg-state")}
-    seen: set[tuple[int, int | None]] = set()
-    try:
-        up = fedctl(env, "up", str(mesh_dir), "--detach", "--timeout", "90")
-        seen.update(recorded_pids(mesh_dir))
-        assert up.returncode == 0, up.stdout + up.stderr
+    with mesh_up(mesh_dir, env, "--timeout", "90"):
         yield mesh_dir, env
-    finally:
-        seen.update(recorded_pids(mesh_dir))
-        fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        kill_leftovers(seen)
 
 
 def config_version(address: str) -> str | None:

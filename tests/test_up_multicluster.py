@@ -22,7 +22,7 @@ import pytest
 
 from federation._state import alive
 from federation.cli import main
-from meshproc import fedctl, kill_leftovers, recorded_pids
+from meshproc import fedctl, mesh_up, recorded_pids
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "multi-cluster"
 CLUSTERS = ("east-a", "east-b", "west")
@@ -34,16 +34,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     mesh_dir = base / "multi-cluster"
     shutil.copytree(EXAMPLE, mesh_dir, ignore=shutil.ignore_patterns(".meshfed"))
     env = {**os.environ, "XDG_STATE_HOME": str(base / "xdg-state")}
-    seen: set[tuple[int, int | None]] = set()
-    try:
-        up = fedctl(env, "up", str(mesh_dir), "--detach", "--timeout", "90")
-        seen.update(recorded_pids(mesh_dir))
-        assert up.returncode == 0, up.stdout + up.stderr
+    with mesh_up(mesh_dir, env, "--timeout", "90"):
         yield mesh_dir, env
-    finally:
-        seen.update(recorded_pids(mesh_dir))
-        fedctl(env, "down", str(mesh_dir), "--timeout", "30")
-        kill_leftovers(seen)
 
 
 def status(mesh_dir: Path, capsys: pytest.CaptureFixture[str]) -> dict:
