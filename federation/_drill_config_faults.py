@@ -1,10 +1,10 @@
-"""The drill kinds that act through configuration: latency and errors (a copy of the service's
-VirtualService with an Istio ``fault``), region-evacuation (the global VirtualService's weights
+"""The drill kinds that act through configuration: latency and errors (a meshfed
+``WorkloadFault`` that the service's sidecars in the scope apply), region-evacuation (the global VirtualService's weights
 rewritten in steps) and trust-rotation (a new intermediate CA, the control plane restarted on
 it) - and ``make_fault``, which picks any kind's fault.
 
-They wait on what the mesh reports, not on the clock: a VirtualService is in force once the
-client's sidecar ``/config_dump`` shows a new version, a rotation once the supervisor has
+They wait on what the mesh reports, not on the clock: a fault is in force once the sidecars
+of the scope's instances show a new version in ``/config_dump``, a rotation once the supervisor has
 restarted the control plane and it is ready again.
 """
 
@@ -18,7 +18,9 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Mapping
 
+import yaml
 from topology import load_paths
 from topology._drill import DrillSpec, DrillType
 
@@ -26,12 +28,12 @@ from ._drill_faults import (PUSH_TIMEOUT, RESTART_TIMEOUT, ControlPlaneDown, Dri
                             GatewayDown, LinkDown, Target)
 from ._drill_journal import Action, Journal, Runner, run_fedctl
 from ._drill_vs import (
-    dump, evacuation_steps, fault_block, find_virtual_service, fresh_virtual_service, override_path,
-    weighted_destinations, with_fault, with_weights,
+    OVERRIDE_PREFIX, dump, evacuation_steps, fault_block, find_virtual_service, override_path, weighted_destinations,
+    with_weights, workload_faults,
 )
 from ._errors import FederationError
 from ._launch import ADMIN_PORT
-from ._state import alive, read_state
+from ._state import InstanceRecord, alive, read_state
 
 
 def config_version(address: str, timeout: float = 2.0) -> str | None:
@@ -47,38 +49,72 @@ def config_version(address: str, timeout: float = 2.0) -> str | None:
         conn.close()
 
 
-def wait_pushed(address: str, before: str | None, timeout: float = PUSH_TIMEOUT) -> float | None:
-    """Seconds until the proxy at ``address`` applied a config other than ``before``; None if it did not."""
+def wait_pushed(before: Mapping[str, str | None], timeout: float = PUSH_TIMEOUT) -> tuple[float, list[str]]:
+    """Wait until each proxy (admin address -> the version it had) applied another config: the
+    seconds waited and the proxies that did not within ``timeout``."""
     began = time.monotonic()
-    while time.monotonic() - began < timeout:
-        now = config_version(address)
-        if now is not None and now != before:
-            return time.monotonic() - began
+    waiting = dict(before)
+    while True:
+        for address, version in list(waiting.items()):
+            now = config_version(address)
+            if now is not None and now != version:
+                del waiting[address]
+        if not waiting or time.monotonic() - began >= timeout:
+            return time.monotonic() - began, sorted(waiting)
         time.sleep(0.1)
-    return None
 
 
-class VirtualServiceFault(Fault):
-    """latency and errors: the service's VirtualService with an Istio fault on every route."""
+class WorkloadFaultDrill(Fault):
+    """latency and errors: a ``WorkloadFault`` on the service's instances in the scope, applied by
+    their own sidecars, so that only the answers from the scope are slow or failing and the
+    clients' retries, outlier detection and locality failover meet them as they would a bad zone."""
 
-    version_before: str | None = None
+    versions_before: dict[str, str | None] | None = None
+
+    def in_scope(self) -> list[InstanceRecord]:
+        found = self.target.in_scope()
+        if not found:
+            raise DrillError(f"no instance of {self.target.fqdn} in {self.target.scope}: nothing to "
+                             f"{'slow' if self.spec.type is DrillType.LATENCY else 'fail'}")
+        return found
+
+    def check(self) -> None:
+        self.in_scope()
 
     def settle(self) -> list[str]:
-        took = wait_pushed(self.target.source.address, self.version_before)
-        if took is None:
-            return [f"the client's sidecar did not apply the fault within {PUSH_TIMEOUT:g} s"]
-        return [f"the client's sidecar applied the fault after {took:.1f} s"]
+        before = self.versions_before or {}
+        took, late = wait_pushed(before)
+        if late:
+            return [f"the sidecars at {', '.join(late)} did not apply the fault within {PUSH_TIMEOUT:g} s"]
+        return [f"the sidecars of {len(before)} instance{'s' if len(before) != 1 else ''} in {self.target.scope} "
+                f"applied the fault after {took:.1f} s"]
 
     def inject(self, journal: Journal) -> list[str]:
-        self.version_before = config_version(self.target.source.address)
-        found = find_virtual_service(self.target.mesh_dir, self.target.fqdn)
-        doc = found[1] if found else fresh_virtual_service(self.target.fqdn)
+        instances = self.in_scope()
+        self.versions_before = {i.address: config_version(i.address) for i in instances}
         f = self.spec.fault
         fault = fault_block(self.spec.type.value, f.percent, f.delay.nanos / 1e9, f.http_status)
-        path = override_path(self.target.mesh_dir, found, self.drill_id)
-        journal.record(Action("file", f"{self.spec.type.value} fault on {self.target.fqdn}", path=str(path)))
-        path.write_text(dump(with_fault(doc, fault), f"fedctl drill {self.drill_id}: removed when the drill ends"))
-        return [f"{self.spec.type.value}: {json.dumps(fault)} on {self.target.fqdn} ({path.name})"]
+        scope = self.target.scope
+        localities = [loc for i, loc in self.target.endpoints if scope.covers(i.cluster, loc)]
+        docs = workload_faults(self.target.fqdn, self.selector(), (scope.kind, scope.name), localities, fault,
+                               self.drill_id)
+        path = self.target.mesh_dir / f"{OVERRIDE_PREFIX}{self.drill_id}.yaml"
+        journal.record(Action("file", f"{self.spec.type.value} fault on {self.target.fqdn} in {scope}", path=str(path)))
+        path.write_text(f"# fedctl drill {self.drill_id}: removed when the drill ends\n"
+                        + yaml.safe_dump_all(docs, sort_keys=False))
+        names = ", ".join(f"{i.cluster}/{i.instance}" for i in instances)
+        return [f"{self.spec.type.value}: {json.dumps(fault)} on {self.target.fqdn} in {scope} ({names})"]
+
+    def selector(self) -> dict[str, str]:
+        """The labels every workload of the service carries (``app: <service>`` at least)."""
+        svc, ns = self.target.fqdn.split(".")[:2]
+        mesh = self.target.mesh
+        sets = [dict(w.labels) for w in (mesh.workloads if mesh else ())
+                if (w.service or w.name) == svc and w.namespace == ns]
+        if not sets:
+            return {"app": svc}
+        common = {k: v for k, v in sets[0].items() if all(s.get(k) == v for s in sets[1:])}
+        return common or {"app": svc}
 
 
 class RegionEvacuation(Fault):
@@ -198,7 +234,7 @@ class TrustRotation(Fault):
 KINDS: dict[DrillType, tuple[type[Fault], bool]] = {
     DrillType.ENDPOINTS_DOWN: (EndpointsDown, True), DrillType.GATEWAY_DOWN: (GatewayDown, True),
     DrillType.LINK_DOWN: (LinkDown, True), DrillType.CONTROL_PLANE_DOWN: (ControlPlaneDown, False),
-    DrillType.LATENCY: (VirtualServiceFault, False), DrillType.ERRORS: (VirtualServiceFault, False),
+    DrillType.LATENCY: (WorkloadFaultDrill, False), DrillType.ERRORS: (WorkloadFaultDrill, True),
     DrillType.REGION_EVACUATION: (RegionEvacuation, True), DrillType.TRUST_ROTATION: (TrustRotation, False),
 }
 

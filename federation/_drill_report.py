@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ._drill_html import render_html
 from ._drill_journal import ACTIVE_DIR, drills_dir
 from ._drill_load import Sample
-from ._drill_timeline import Second, locality_clusters, phase_latency
+from ._drill_timeline import Second, latency_by_cluster, locality_clusters, phase_latency
 from ._drill_verdict import Verdict, Window
 from ._errors import FederationError
 from ._progress import table
@@ -49,7 +49,8 @@ def build_report(*, drill_id: str, drill: Mapping[str, Any], verdict: Verdict, w
         "actions": list(actions), "undone": list(undone),
         "latency_ms": {"before": phase_latency(samples, 0.0, window.injected),
                        "during": phase_latency(samples, window.injected, removed),
-                       "after": phase_latency(samples, removed, float("inf"))},
+                       "after": phase_latency(samples, removed, float("inf")),
+                       "during_by_cluster": latency_by_cluster(samples, window.injected, removed)},
         "localities": locality_clusters(samples),
         "timeline": [s.to_json() for s in timeline],
     }
@@ -135,6 +136,10 @@ def summary(report: Mapping[str, Any], files: Sequence[Path] = ()) -> str:
              "  latency p50/p99 ms: " + ", ".join(
                  f"{phase} {_num((lat.get(phase) or {}).get('p50_ms'))}/{_num((lat.get(phase) or {}).get('p99_ms'))}"
                  for phase in ("before", "during", "after"))]
+    by_cluster = lat.get("during_by_cluster") or {}
+    if by_cluster:
+        lines.append("  during, answered by: " + ", ".join(
+            f"{c} {_num(v.get('p50_ms'))}/{_num(v.get('p99_ms'))}" for c, v in by_cluster.items()))
     for reason in report.get("reasons") or []:
         lines.append(f"  FAILED: {reason}")
     for note in report.get("notes") or []:

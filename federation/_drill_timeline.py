@@ -147,6 +147,16 @@ def phase_latency(samples: Iterable[Sample], start: float, end: float) -> dict[s
     return {"requests": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
 
 
+def latency_by_cluster(samples: Iterable[Sample], start: float, end: float) -> dict[str, dict[str, float | None]]:
+    """``phase_latency`` of the answers sent in ``[start, end)``, per cluster that answered: a
+    latency drill's scope should be slow, the rest as before."""
+    by: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.cluster is not None and start <= s.sent < end:
+            by.setdefault(s.cluster, []).append(s)
+    return {c: phase_latency(group, start, end) for c, group in sorted(by.items())}
+
+
 def locality_clusters(samples: Iterable[Sample]) -> dict[str, str]:
     """Locality -> the cluster seen answering from it (for labels: a locality is one cluster's here)."""
     out: dict[str, str] = {}

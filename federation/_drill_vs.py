@@ -1,10 +1,12 @@
-"""VirtualService overrides a drill writes: a copy of the service's VirtualService with a fault
-(``latency``, ``errors``) or with shifted weights (``region-evacuation``). Pure but for reading YAML.
+"""Resources a drill writes: for ``latency`` and ``errors`` a meshfed ``WorkloadFault`` that
+the service's own sidecars in the scope apply (``workload_faults``); for
+``region-evacuation`` a copy of the service's VirtualService with shifted weights. Pure but
+for reading YAML.
 
 The control plane keeps the last resource of each namespace/name in file order (as
-``kubectl apply`` replaces), so the copy keeps the original's name and namespace and is
-written beside it under a name that sorts after it: removing the copy gives the
-original back. Without a VirtualService for the service a fresh one routes to it.
+``kubectl apply`` replaces), so the evacuation's copy keeps the original's name and
+namespace and is written beside it under a name that sorts after it: removing the copy
+gives the original back.
 """
 
 from __future__ import annotations
@@ -65,22 +67,27 @@ def fault_block(kind: str, percent: float, delay_seconds: float, http_status: in
     return {"abort": {"percentage": pct, "httpStatus": int(http_status)}}
 
 
-def fresh_virtual_service(fqdn: str) -> dict:
+def workload_faults(fqdn: str, labels: dict[str, str], scope: tuple[str, str], localities: Sequence[str],
+                    fault: dict, drill_id: str) -> list[dict]:
+    """The ``WorkloadFault`` documents that put ``fault`` on the service's instances in the scope:
+    one for a cluster or a region, one per ``region/zone`` locality for a zone (a zone's name
+    alone does not say its region). ``labels`` select the service's workloads."""
     svc, ns = fqdn.split(".")[:2]
-    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": svc, "namespace": ns},
-            "spec": {"hosts": [fqdn], "http": [{"route": [{"destination": {"host": fqdn}}]}]}}
-
-
-def with_fault(doc: dict, fault: dict) -> dict:
-    """``doc`` with ``fault`` on every HTTP route (a route's own fault is replaced)."""
-    out = copy.deepcopy(doc)
-    routes = (out.get("spec") or {}).get("http") or []
-    if not routes:
-        raise ValueError(f"VirtualService {doc.get('metadata', {}).get('name')!r} has no http routes to fault")
-    for route in routes:
-        route["fault"] = copy.deepcopy(fault)
-    return out
+    kind, name = scope
+    if kind == "cluster":
+        wheres = [{"cluster": name}]
+    elif kind == "region":
+        wheres = [{"locality": name}]
+    else:
+        wheres = [{"locality": loc} for loc in sorted(set(localities))]
+    docs = []
+    for i, where in enumerate(wheres):
+        suffix = f"-{i}" if len(wheres) > 1 else ""
+        docs.append({"apiVersion": "meshfed.io/v1alpha1", "kind": "WorkloadFault",
+                     "metadata": {"name": f"drill-{drill_id}{suffix}".lower(), "namespace": ns},
+                     "spec": {"workloadSelector": {"matchLabels": dict(sorted(labels.items()))}, **where,
+                              "fault": copy.deepcopy(fault)}})
+    return docs
 
 
 def dump(doc: dict, comment: str) -> str:

@@ -29,7 +29,9 @@ ServiceEntry hosts whose ``exportTo`` excludes the proxy's namespace; VirtualSer
 DestinationRules and ServiceEntries by ``exportTo`` (empty is ``*``, ``.`` the
 resource's namespace; a DestinationRule with a workloadSelector only in its own);
 PeerAuthentications and AuthorizationPolicies of the proxy's namespace and the root
-namespace (the proxy matches their selectors).
+namespace (the proxy matches their selectors); meshfed's RateLimits (per destination:
+every namespace; per workload: its own) and WorkloadFaults of the proxy's namespace (the
+proxy matches their selector, cluster and locality).
 
 Endpoints carry Istio's topology labels (``topology.istio.io/cluster``,
 ``topology.kubernetes.io/region``, ...) so that subsets - a global VirtualService's
@@ -269,6 +271,10 @@ class ProxyGenerator:
             if res.kind == "DestinationRule" and res.spec.workload_selector is not None:
                 return res.namespace == namespace
             return exported_to(res, namespace)
+        if res.kind == "RateLimit":  # per destination: every caller; per workload: its namespace
+            return res.spec.target_ref is not None or res.namespace == namespace
+        if res.kind == "WorkloadFault":
+            return res.namespace == namespace
         return res.kind in NAMESPACE_POLICIES and res.namespace in (namespace, self.root_namespace)
 
     def _resources_part(self, namespace: str) -> tuple[bytes, str]:

@@ -67,10 +67,32 @@ class HostStats:
 
 
 class StatsStore:
-    """Host counters by (cluster name, host key); outlives snapshots."""
+    """Host counters by (cluster name, host key) and outlier detectors by cluster; outlives snapshots."""
 
     def __init__(self) -> None:
         self._hosts: dict[tuple[str, str], HostStats] = {}
+        self._outliers: dict[str, OutlierDetector] = {}
+
+    def outlier(self, cluster: str, config: OutlierConfig, hosts: list[str], sink: OutlierEventSink | None,
+                rng: random.Random) -> OutlierDetector:
+        """The cluster's detector of the previous snapshot while its outlierDetection is unchanged,
+        its hosts brought up to date (gone ones forgotten, new ones added); a new one otherwise.
+
+        Envoy keeps a cluster across config updates that do not change it, and endpoint
+        updates keep the remaining hosts' outlier state: an ejected host stays ejected for
+        its whole ejection time whatever else the control plane pushes meanwhile (a link's
+        health, a policy of the namespace, another service's endpoints)."""
+        found = self._outliers.get(cluster)
+        if found is None or found.config != config or found.sink is not sink:
+            found = self._outliers[cluster] = OutlierDetector(config, cluster=cluster, hosts=hosts, sink=sink, rng=rng)
+            return found
+        wanted = set(hosts)
+        for host in found.hosts:
+            if host not in wanted:
+                found.remove_host(host)
+        for host in hosts:
+            found.add_host(host)
+        return found
 
     def host(self, cluster: str, key: str) -> HostStats:
         found = self._hosts.get((cluster, key))
@@ -203,7 +225,7 @@ def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: st
         pool: ConnectionPoolSettings | None = _at_port(rule_policy, subset_policy, port, "connection_pool")
         od = _at_port(rule_policy, subset_policy, port, "outlier_detection")
         breaker = CircuitBreaker(CircuitBreakerConfig.from_istio(pool), name)
-        picker = _picker(name, healthy, balancer, lb, od, dr is not None, spec.node, rng, sink)
+        picker = _picker(name, healthy, balancer, lb, od, dr is not None, spec.node, rng, sink, stats)
         out.append(ClusterConfig(
             name, fqdn, subset, port, protocol, tuple(chosen), balancer, sni, breaker,
             TimeoutPolicy.from_istio(None, pool), HashPolicy.compile(lb.consistent_hash if lb is not None else None),
@@ -212,14 +234,14 @@ def service_clusters(svc: ServiceSpec, port: int, target_port: int, protocol: st
 
 
 def _picker(name: str, healthy: list[Host], balancer: Balancer[Host] | None, lb: Any, od: Any, has_rule: bool,
-            node: Any, rng: random.Random, sink: OutlierEventSink | None) -> HostPicker:
+            node: Any, rng: random.Random, sink: OutlierEventSink | None, stats: StatsStore) -> HostPicker:
     """Outlier detection when the rule configures it; locality load balancing when the rule
     turns it on (Istio: failover needs outlierDetection; ``distribute`` works alone) and the
     hosts span more than one locality or priority - else the plain balancer."""
     config = OutlierConfig.from_istio(od)
     outlier = None
     if config is not None and balancer is not None:
-        outlier = OutlierDetector(config, cluster=name, hosts=[h.key for h in healthy], sink=sink, rng=rng)
+        outlier = stats.outlier(name, config, [h.key for h in healthy], sink, rng)
     locality = None
     setting = lb.locality_lb_setting if lb is not None else None
     if has_rule and healthy and (od is not None or setting is not None):

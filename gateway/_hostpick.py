@@ -42,9 +42,12 @@ class HostPicker:
         self.balancer = balancer
         self.outlier = outlier
         self.locality = locality
-        self.ejected: frozenset[str] = frozenset()
+        # a detector carried over from the previous snapshot (``StatsStore.outlier``) may hold
+        # ejections already: they go on counting against their hosts
+        self.ejected: frozenset[str] = frozenset(
+            h for h in outlier.hosts if outlier.is_ejected(h)) if outlier is not None else frozenset()
         self._eligible: tuple[frozenset[str], Balancer[Host] | None] | None = None
-        self._health: dict[str, bool] = {}
+        self._health: dict[str, bool] = {k: False for k in self.ejected}
 
     # -- picking -------------------------------------------------------------------------
     def pick(self, context: PickContext = NO_CONTEXT) -> Host | None:

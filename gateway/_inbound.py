@@ -13,7 +13,8 @@ Per connection, in order:
 4. **Handshake** with ``MtlsContexts``: the caller's SPIFFE ID is verified against the
    bundle of its trust domain; the peer certificate is read once for XFCC.
 5. **Per request** (HTTP ports): AuthorizationPolicy (403 ``RBAC: access denied`` on
-   deny), ``x-forwarded-client-cert`` replaced by ours (Envoy's SANITIZE_SET), then the
+   deny), rate limits (429), the faults of WorkloadFault resources selecting the workload
+   (``DI``/``FI``), ``x-forwarded-client-cert`` replaced by ours (Envoy's SANITIZE_SET), then the
    request goes to the app over a pooled connection: h2c for http2/grpc app ports, plain
    HTTP/1.1 otherwise. A caller that negotiated ALPN ``h2`` (a client sidecar carrying an
    http2/grpc service), or opens a plaintext connection to an http2/grpc port with the
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,6 +39,8 @@ from ._authz_match import AuthzRequest
 from ._events import InformationalResponse, Request, _new_request
 from ._fastio import FastSocketStream, FastTlsStream
 from ._downstream import RECV_SIZE, Downstream, DownstreamGone, serve_http1
+from ._fault import NO_FAULT, Abort
+from ._flags import format_flags
 from ._exchange import Exchange, ResponseAborted, forward_attempt, forward_upgrade, request_headers
 from ._h2down import H2Downstream
 from ._h2forward import forward_to_app
@@ -50,6 +54,8 @@ from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_outbound_sni, sniff_s
 from ._tcpsplice import splice
 from ._upstream import open_connection
 from ._xfcc import XFCC_HEADER, PeerCertificate
+
+FAULT_BODY = b"fault filter abort"  # Envoy fault filter's local reply body
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -141,6 +147,7 @@ class InboundListener:
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
+        self.rng = random.Random()
 
     async def handle_connection(self, stream: FastSocketStream) -> None:
         snap = self.proxy.snapshot
@@ -270,6 +277,20 @@ class InboundListener:
             await close_gracefully(app)
         self.proxy.report.inbound_tcp(caller.peer, port, "-", result)
 
+    async def _fault(self, inbound: InboundConfig) -> tuple[str, Abort | None]:
+        """Draw the workload's faults for one request: sleep its delays; its flags and abort."""
+        decision, delayed, aborted = inbound.faults.decide(self.rng)
+        if decision is NO_FAULT:
+            return "-", None
+        stat = self.proxy.metrics.stat
+        for source in delayed:
+            stat("meshfed_fault_delays_injected_total").labels(source).inc()
+        for source in aborted:
+            stat("meshfed_fault_aborts_injected_total").labels(source).inc()
+        if decision.delay is not None:
+            await trio.sleep(decision.delay)
+        return format_flags(decision.flags), decision.abort
+
     async def handle(self, down: Downstream, req: Request, caller: Caller) -> bool:
         snap = self.proxy.snapshot
         inbound: InboundConfig = snap.inbound
@@ -289,6 +310,7 @@ class InboundListener:
                 return False
             caller.port = port
         state = Exchange()
+        flags = "-"
         try:
             if inbound.has_authz:
                 path = req.target.partition(b"?")[0]
@@ -307,6 +329,17 @@ class InboundListener:
                     keep = await down.local_reply(429, b"local_rate_limited", limited)
                     code, grpc = _reported(down, 429)
                     self.proxy.report.inbound_http(caller.peer, port, code, "RL", started, grpc_status=grpc)
+                    return keep
+            if inbound.faults:  # the workload's WorkloadFault: after the checks, before the app
+                flags, abort = await self._fault(inbound)
+                if abort is not None:
+                    if abort.grpc_status is None:
+                        keep = await down.local_reply(abort.http_status, FAULT_BODY)
+                    else:
+                        keep = await down.local_reply(200, b"", [(n.encode(), v.encode())
+                                                                 for n, v in abort.headers.items()])
+                    code, grpc = _reported(down, abort.http_status)
+                    self.proxy.report.inbound_http(caller.peer, port, code, flags, started, grpc_status=grpc)
                     return keep
             if down.codec.they_are_waiting_for_100_continue:
                 await down.send_bytes(down.codec.send(_CONTINUE))
@@ -352,7 +385,7 @@ class InboundListener:
                 self.proxy.report.inbound_http(caller.peer, port, state.status, "DC", started,
                                                state.bytes_in, state.bytes_out)
             raise
-        self.proxy.report.inbound_http(caller.peer, port, state.status, "-", started, state.bytes_in,
+        self.proxy.report.inbound_http(caller.peer, port, state.status, flags, started, state.bytes_in,
                                        state.bytes_out, grpc_status=state.grpc_status)
         return state.status != 101
 

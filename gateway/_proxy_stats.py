@@ -73,10 +73,11 @@ PROXY_METRICS: tuple[MetricDef, ...] = (
               "Hosts actually ejected from the load-balancing pool.", ("cluster", "type")),
     MetricDef("meshfed_outlier_ejections_active", GAUGE, "Hosts ejected now.", ("cluster",)),
     # resilience layers (Envoy fault.*, http_local_rate_limit.*, router shadow stats)
-    MetricDef("meshfed_fault_delays_injected_total", COUNTER, "Requests delayed by fault injection (DI).",
-              ("route",)),
-    MetricDef("meshfed_fault_aborts_injected_total", COUNTER, "Requests aborted by fault injection (FI).",
-              ("route",)),
+    MetricDef("meshfed_fault_delays_injected_total", COUNTER,
+              "Requests delayed by fault injection (DI); route: the VirtualService route, or the "
+              "WorkloadFault (namespace/name) of an inbound fault.", ("route",)),
+    MetricDef("meshfed_fault_aborts_injected_total", COUNTER,
+              "Requests aborted by fault injection (FI); route as for delays.", ("route",)),
     MetricDef("meshfed_ratelimit_limited_total", COUNTER, "Requests refused by a local rate limit (429 RL).",
               ("direction",)),
     MetricDef("meshfed_mirror_requests_total", COUNTER,

@@ -39,6 +39,7 @@ from ._route_policy import DEFAULT_ROUTE_CONFIG, RouteConfig, compile_route_conf
 from ._routing import RouteDecision, RouteTable
 from ._tcproutes import ConnectionInfo, TcpRouteTable
 from ._vsselect import ClientWorkload
+from ._workload_faults import NO_INBOUND_FAULTS, InboundFaults
 from ._xfcc import XfccConfig
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class InboundConfig:
     authorizer: Authorizer
     has_authz: bool
     xfcc: XfccConfig | None
+    faults: InboundFaults = NO_INBOUND_FAULTS
+    """Faults of meshfed ``WorkloadFault`` resources selecting this workload (``_workload_faults``)."""
 
     @property
     def only_port(self) -> int | None:
@@ -219,8 +222,10 @@ def _inbound(config: ProxyConfig, tls: TlsMaterial | None) -> InboundConfig:
                                     root_namespace=node.root_namespace, trust_domain=node.trust_domain,
                                     trust_domain_aliases=node.trust_domain_aliases)
     xfcc = XfccConfig.for_identity(tls.svid.spiffe_id) if tls is not None else None
+    faults = InboundFaults.compile(config.resources, namespace=node.namespace, labels=node.labels,
+                                   cluster=node.cluster, locality=node.locality)
     return InboundConfig(spec.app.address, app_ports, service_ports, peer_auth, authorizer,
-                         bool(authorizer.policies), xfcc)
+                         bool(authorizer.policies), xfcc, faults)
 
 
 def load_tls(tls: Any, base: Path, trust_domain: str, aliases: tuple[str, ...] = ()) -> TlsMaterial:

@@ -177,3 +177,43 @@ async def test_rate_limit_of_a_receiving_workload_answers_429_from_its_sidecar(n
     first, second = [await fetch(pair.addrs.client, f"{URL}/") for _ in range(2)]
     assert (first.status, second.status, app.requests) == (200, 429, 1)
     assert second.headers["x-ratelimit-limit"] == "1"
+
+
+# -- faults a workload's own sidecar injects (meshfed WorkloadFault) ------------------------------
+
+def workload_fault(name: str, where: str, fault: str) -> str:
+    return ("\n  - apiVersion: meshfed.io/v1alpha1\n    kind: WorkloadFault\n"
+            f"    metadata: {{name: {name}, namespace: demo}}\n"
+            f"    spec: {{workloadSelector: {{matchLabels: {{app: echo}}}}, {where}fault: {fault}}}")
+
+
+async def server_flags(pair: Pair) -> dict[tuple[str, str], float]:
+    text = await admin(pair.addrs.server, "/metrics")
+    return {(labels["response_code"], labels["response_flags"]): v
+            for labels, v in metric_lines(text, "istio_requests_total", reporter="destination")}
+
+
+async def test_workload_fault_aborts_in_the_server_sidecar_and_the_caller_still_retries(
+        nursery: trio.Nursery, pki: MeshPki, tmp_path: Path) -> None:
+    app = ChaosApp("echo")
+    pair = await seeded_pair(nursery, pki, tmp_path, app, server_resources=workload_fault(
+        "fail-east", "cluster: east, ", "{abort: {httpStatus: 503, percentage: {value: 100}}}"))
+    reply = await fetch(pair.addrs.client, f"{URL}/")
+    assert (reply.status, reply.body, app.requests) == (503, b"fault filter abort", 0)
+    # Istio's default retry policy (2 retries on 503) is on: unlike a VirtualService fault,
+    # the caller meets a failing endpoint, three times
+    assert await server_flags(pair) == {("503", "FI"): 3.0}
+    text = await admin(pair.addrs.server, "/metrics")
+    assert metric_lines(text, "meshfed_fault_aborts_injected_total", route="demo/fail-east")[0][1] == 3.0
+
+
+async def test_workload_fault_applies_only_in_its_cluster_and_locality(nursery: trio.Nursery, pki: MeshPki,
+                                                                       tmp_path: Path) -> None:
+    app = ChaosApp("echo")
+    faults = (workload_fault("slow-east", "cluster: east, ", "{delay: {fixedDelay: 0.2s, percentage: {value: 100}}}")
+              + workload_fault("fail-west", "cluster: west, ", "{abort: {httpStatus: 500, percentage: {value: 100}}}")
+              + workload_fault("fail-us", "locality: us-east, ", "{abort: {httpStatus: 500, percentage: {value: 100}}}"))
+    pair = await seeded_pair(nursery, pki, tmp_path, app, server_resources=faults)
+    reply = await fetch(pair.addrs.client, f"{URL}/")
+    assert (reply.status, app.requests) == (200, 1) and reply.elapsed >= 0.2
+    assert await server_flags(pair) == {("200", "DI"): 1.0}

@@ -151,7 +151,7 @@ class override:
     def _write(self, change) -> None:
         before = config_version(self.client)
         change()
-        assert wait_pushed(self.client, before, 30) is not None, "the change never reached east-a's client sidecar"
+        assert not wait_pushed({self.client: before}, 30)[1], "the change never reached east-a's client sidecar"
 
 
 def timeline(r: dict) -> str:
@@ -262,23 +262,64 @@ def test_control_plane_down_keeps_the_data_plane_serving(mesh, capsys) -> None:
     assert_mesh_as_it_was(mesh_dir)
 
 
-def test_latency_slows_every_call_and_passes_an_error_slo(mesh, capsys) -> None:
+def test_latency_in_east_a_slows_its_answers_and_passes_an_error_slo(mesh, capsys) -> None:
     mesh_dir, _ = mesh
     code, r = drill(mesh_dir, capsys, "latency", "--cluster", "east-a", "--duration", "6s", "--delay", "300ms",
                     "--max-errors", "0")
-    assert (code, r["verdict"], r["client_errors"]) == (0, "pass", 0)
+    assert (code, r["verdict"], r["client_errors"]) == (0, "pass", 0), timeline(r)
     assert r["latency_ms"]["during"]["p50_ms"] >= 300 > r["latency_ms"]["before"]["p50_ms"]
+    assert r["actions"][0].endswith(" on echo.demo.svc.cluster.local in cluster east-a (east-a/echo-0)")
+    assert r["actions"][1].startswith("the sidecars of 1 instance in cluster east-a applied the fault after ")
     assert_mesh_as_it_was(mesh_dir)
 
 
-def test_errors_fail_an_error_slo_and_the_report_counts_them(mesh, capsys) -> None:
+def test_latency_in_west_slows_only_the_answers_from_west(mesh, capsys) -> None:
     mesh_dir, _ = mesh
-    code, r = drill(mesh_dir, capsys, "errors", "--cluster", "east-a", "--duration", "6s", "--percent", "50",
-                    "--max-errors", "0")
-    assert (code, r["verdict"]) == (1, "fail")
-    assert r["errors_by_reason"] == {"503": r["client_errors"]} and r["client_errors"] > 0
+    with override(mesh_dir, "zz-echo-west-first.yaml", WEST_FIRST):  # 80 % to west, 20 % to east-b
+        code, r = drill(mesh_dir, capsys, "latency", "--cluster", "west", "--duration", "8s", "--delay", "300ms",
+                        "--max-errors", "0")
+    assert (code, r["verdict"], r["client_errors"]) == (0, "pass", 0), timeline(r)
+    by_cluster = r["latency_ms"]["during_by_cluster"]
+    assert set(by_cluster) == {"west", "east-b"}, by_cluster
+    assert by_cluster["west"]["p50_ms"] >= 300 > by_cluster["east-b"]["p99_ms"], by_cluster
+    assert_mesh_as_it_was(mesh_dir)
+
+
+def test_errors_in_east_a_are_ejected_at_the_first_503_and_no_client_sees_one(mesh, capsys) -> None:
+    mesh_dir, _ = mesh
+    code, r = drill(mesh_dir, capsys, "errors", "--cluster", "east-a", "--duration", "8s", "--percent", "100",
+                    "--max-errors", "0", "--max-failover-seconds", "2", "--failback-wait", "45")
+    # east-a's sidecar answers 503 to every call; the echo DestinationRule's consecutiveGatewayErrors: 1
+    # ejects it at the first one, and the retry (Istio's default, on 503) finds east-b
+    assert (code, r["verdict"], r["client_errors"], r["reasons"]) == (0, "pass", 0, []), timeline(r)
+    assert max(e["ejections"] for e in r["timeline"]) == 1 and r["baseline_share"] == 1.0
+    assert r["failover_seconds"] <= 2 and max(shares(r, "east-b")) == 1.0, timeline(r)
+    assert r["failback_seconds"] is not None and busy(r)[-1]["share"] == {"east-a": 1.0}  # back after the ejection
+    assert_mesh_as_it_was(mesh_dir)
+
+
+NO_RETRIES = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: demo}
+spec:
+  hosts: [echo.demo.svc.cluster.local]
+  http: [{route: [{destination: {host: echo.demo.svc.cluster.local}}], retries: {attempts: 0}}]
+"""
+
+
+def test_errors_in_east_a_without_retries_reach_a_client_and_fail_the_slo(mesh, capsys) -> None:
+    mesh_dir, _ = mesh
+    short = ECHO_RULE % "      localityLbSetting: {enabled: true}\n" + OUTLIER.replace("30s", "4s")
+    with override(mesh_dir, "zz-echo-no-retries.yaml", NO_RETRIES), override(mesh_dir, "zz-echo-short.yaml", short):
+        code, r = drill(mesh_dir, capsys, "errors", "--cluster", "east-a", "--duration", "8s", "--percent", "100",
+                        "--max-errors", "0", "--failback-wait", "20")
+    assert (code, r["verdict"]) == (1, "fail"), timeline(r)
+    # each 503 that ejects east-a has no retry to hide it: the client sees it - once, and once more
+    # each time east-a comes back (after 4 s, then 8 s) while the fault is still in force
+    assert 1 <= r["client_errors"] <= 2 and r["errors_by_reason"] == {"503": r["client_errors"]}, timeline(r)
     assert r["reasons"] == [f"{r['client_errors']} of {r['requests']} requests failed as seen by the client, more "
                             f"than --max-errors 0 {r['reasons'][0].split('--max-errors 0 ', 1)[1]}"]
+    assert r["failover_seconds"] is not None and r["failback_seconds"] is not None, timeline(r)
     assert_mesh_as_it_was(mesh_dir)
 
 

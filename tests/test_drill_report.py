@@ -53,6 +53,8 @@ def test_report_has_the_documented_stable_schema() -> None:
         0.0, 0.0, {"injected_at": 2.0, "removed_at": 6.0})
     assert r["localities"] == {loc: cluster for cluster, loc in LOCALITIES.items()}
     assert r["latency_ms"]["during"] == {"requests": 40, "p50_ms": 8.0, "p99_ms": 10.0}
+    assert r["latency_ms"]["during_by_cluster"] == {"east-b": {"requests": 28, "p50_ms": 8.0, "p99_ms": 10.0},
+                                                    "west": {"requests": 12, "p50_ms": 8.0, "p99_ms": 10.0}}
     assert r["timeline"][3] == {"t": 3, "requests": 10, "errors": 0, "p50_ms": 8.0, "p99_ms": 8.0,
                                 "share": {"east-b": 0.7, "west": 0.3},
                                 "share_locality": {"us-east/us-east-1b": 0.7, "us-west/us-west-1a": 0.3},

@@ -10,14 +10,15 @@ import h11
 import pytest
 import trio
 import trio.testing
+import yaml
 
 from federation._drill_load import LoadGenerator, LoadSchedule, Sample, classify
 from federation._drill_timeline import Ejections, Scope, build_timeline, percentile, phase_latency
 from federation._drill_verdict import Slo, Window, judge
 from federation._drill_vs import (
-    evacuation_steps, fault_block, find_virtual_service, override_path, with_fault, with_weights,
+    evacuation_steps, fault_block, find_virtual_service, override_path, with_weights, workload_faults,
 )
-from topology import load_text
+from topology import load_paths, load_text
 from topology._drill import DrillSpec, DrillType
 
 # -- the schedule ---------------------------------------------------------------------------
@@ -286,17 +287,34 @@ spec:
 """
 
 
-def test_fault_copy_keeps_the_virtual_service_and_adds_the_fault_to_every_route(tmp_path: Path) -> None:
+def test_find_virtual_service_finds_the_one_in_force_and_the_override_goes_beside_it(tmp_path: Path) -> None:
     (tmp_path / "istio").mkdir()
     (tmp_path / "istio" / "vs.yaml").write_text("kind: Other\n---\n" + VS)
     found = find_virtual_service(tmp_path, "echo.demo.svc.cluster.local")
     assert found is not None and found[0] == tmp_path / "istio" / "vs.yaml"
     assert override_path(tmp_path, found, "d1") == tmp_path / "istio" / "zzzz-meshfed-drill-d1.yaml"
-    doc = with_fault(found[1], fault_block("errors", 25, 0, 503))
-    assert doc["spec"]["http"][0]["fault"] == {"abort": {"percentage": {"value": 25.0}, "httpStatus": 503}}
-    assert doc["spec"]["http"][0]["retries"] == {"attempts": 3} and "fault" not in found[1]["spec"]["http"][0]
-    assert fault_block("latency", 50, 0.2, 503) == {"delay": {"percentage": {"value": 50.0}, "fixedDelay": "0.2s"}}
     assert find_virtual_service(tmp_path, "other.demo.svc.cluster.local") is None
+
+
+def test_fault_blocks_are_istio_fault_injection() -> None:
+    assert fault_block("errors", 25, 0, 503) == {"abort": {"percentage": {"value": 25.0}, "httpStatus": 503}}
+    assert fault_block("latency", 50, 0.2, 503) == {"delay": {"percentage": {"value": 50.0}, "fixedDelay": "0.2s"}}
+
+
+@pytest.mark.parametrize("scope, localities, wheres", [
+    (("cluster", "east-a"), ["us-east/us-east-1a"], [{"cluster": "east-a"}]),
+    (("region", "us-east"), ["us-east/us-east-1a", "us-east/us-east-1b"], [{"locality": "us-east"}]),
+    (("zone", "z1"), ["r1/z1", "r1/z1", "r2/z1"], [{"locality": "r1/z1"}, {"locality": "r2/z1"}])])
+def test_workload_faults_name_the_scope_and_validate(tmp_path: Path, scope, localities, wheres) -> None:
+    fault = fault_block("latency", 50, 0.2, 503)
+    docs = workload_faults("echo.demo.svc.cluster.local", {"app": "echo"}, scope, localities, fault, "20261123-1-x")
+    assert [{k: v for k, v in d["spec"].items() if k in ("cluster", "locality")} for d in docs] == wheres
+    assert all(d["spec"]["fault"] == fault and d["spec"]["workloadSelector"] == {"matchLabels": {"app": "echo"}}
+               and d["metadata"]["namespace"] == "demo" for d in docs)
+    assert len({d["metadata"]["name"] for d in docs}) == len(docs)
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump_all(docs))
+    result = load_paths([tmp_path])
+    assert not result.diagnostics and [r.kind for r in result.resources] == ["WorkloadFault"] * len(docs)
 
 
 @pytest.mark.parametrize("weights, inside, steps, expected", [

@@ -121,3 +121,68 @@ def test_bookinfo_ratings_abort_sample_answers_500_to_every_jason_request() -> N
 def test_a_route_without_faults_keeps_timeouts_and_retries() -> None:
     assert FaultPolicy().disables_timeouts_and_retries is False
     assert FaultPolicy(abort_http_status=500).disables_timeouts_and_retries is True
+
+
+# -- WorkloadFault: a workload's inbound faults ---------------------------------------------------
+
+WORKLOAD_FAULTS = """apiVersion: meshfed.io/v1alpha1
+kind: WorkloadFault
+metadata: {name: b-slow, namespace: demo}
+spec:
+  locality: us-east/us-east-1a
+  fault: {delay: {fixedDelay: 0.1s, percentage: {value: 100}}}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: WorkloadFault
+metadata: {name: a-slow-fail, namespace: demo}
+spec:
+  workloadSelector: {matchLabels: {app: echo}}
+  cluster: east-a
+  fault:
+    delay: {fixedDelay: 0.2s, percentage: {value: 100}}
+    abort: {httpStatus: 503, percentage: {value: 100}}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: WorkloadFault
+metadata: {name: c-fail, namespace: demo}
+spec:
+  locality: us-east
+  fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: WorkloadFault
+metadata: {name: other-namespace, namespace: bookinfo}
+spec:
+  fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+"""
+
+
+@pytest.mark.parametrize("labels, cluster, locality, sources", [
+    ({"app": "echo"}, "east-a", "us-east/us-east-1a/rack1", ["demo/a-slow-fail", "demo/b-slow", "demo/c-fail"]),
+    ({"app": "echo"}, "east-b", "us-east/us-east-1b", ["demo/c-fail"]),
+    ({"app": "client"}, "east-a", "us-east/us-east-1ab", ["demo/c-fail"]),  # a prefix by segments, not letters
+    ({"app": "echo"}, "west", "us-west/us-west-1a", []),
+])
+def test_workload_faults_select_by_labels_cluster_and_locality(tmp_path: Path, labels, cluster, locality,
+                                                               sources) -> None:
+    from gateway._workload_faults import InboundFaults
+    path = tmp_path / "faults.yaml"
+    path.write_text(WORKLOAD_FAULTS)
+    result = load_file(str(path))
+    assert not result.diagnostics
+    faults = InboundFaults.compile(result.resources, namespace="demo", labels=labels, cluster=cluster,
+                                   locality=locality)
+    assert [f.source for f in faults.faults] == sources and bool(faults) == bool(sources)
+
+
+def test_workload_faults_add_their_delays_and_the_first_abort_answers(tmp_path: Path) -> None:
+    from gateway._workload_faults import InboundFaults
+    path = tmp_path / "faults.yaml"
+    path.write_text(WORKLOAD_FAULTS)
+    faults = InboundFaults.compile(load_file(str(path)).resources, namespace="demo", labels={"app": "echo"},
+                                   cluster="east-a", locality="us-east/us-east-1a")
+    decision, delayed, aborted = faults.decide(random.Random(1))
+    assert decision.delay == pytest.approx(0.3) and decision.abort == Abort(503)
+    assert delayed == ("demo/a-slow-fail", "demo/b-slow") and aborted == ("demo/a-slow-fail",)
+    assert decision.flags == (ResponseFlag.DI, ResponseFlag.FI)
+    assert InboundFaults().decide(random.Random(1)) == (NO_FAULT, (), ())

@@ -151,6 +151,35 @@ def test_resources_follow_export_to_and_policies_their_namespace_and_the_root(
     assert [f"{r['kind']}/{r['metadata']['namespace']}/{r['metadata']['name']}" for r in resources] == expected
 
 
+MESHFED_KINDS = """\
+apiVersion: meshfed.io/v1alpha1
+kind: RateLimit
+metadata: {name: callers-of-reviews, namespace: bookinfo}
+spec: {targetRef: {host: reviews}, maxTokens: 10, fillInterval: 1s}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: RateLimit
+metadata: {name: productpage-receives, namespace: bookinfo}
+spec: {workloadSelector: {matchLabels: {app: productpage}}, maxTokens: 10, fillInterval: 1s}
+---
+apiVersion: meshfed.io/v1alpha1
+kind: WorkloadFault
+metadata: {name: echo-slow, namespace: demo}
+spec: {cluster: east, fault: {delay: {fixedDelay: 1s, percentage: {value: 10}}}}
+"""
+
+
+@pytest.mark.parametrize(("instance", "expected"), [
+    ("productpage-0", ["RateLimit/bookinfo/callers-of-reviews", "RateLimit/bookinfo/productpage-receives"]),
+    ("echo-0", ["RateLimit/bookinfo/callers-of-reviews", "WorkloadFault/demo/echo-slow"]),
+])
+def test_meshfed_rate_limits_and_workload_faults_reach_the_proxies_they_concern(
+        tmp_path: Path, instance: str, expected: list[str]) -> None:
+    version = load(tmp_path, mesh=MESH, meshfed=MESHFED_KINDS)
+    resources = doc(version, instance)["spec"]["resources"]
+    assert [f"{r['kind']}/{r['metadata']['namespace']}/{r['metadata']['name']}" for r in resources] == expected
+
+
 def test_service_entry_export_to_hides_its_host_from_other_namespaces(version: ConfigVersion) -> None:
     def hosts(instance: str) -> list[str]:
         return [s["hostname"] for s in doc(version, instance)["spec"]["services"]]

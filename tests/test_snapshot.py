@@ -249,6 +249,58 @@ def test_host_counters_survive_a_recompile(certs: str) -> None:
     assert a is b
 
 
+def outlier_rule(base_ejection: str) -> str:
+    return f"""\
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {{name: reviews, namespace: bookinfo}}
+  spec:
+    host: reviews
+    trafficPolicy:
+      outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: {base_ejection}, maxEjectionPercent: 100}}
+"""
+
+
+UNRELATED = """\
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: anything, namespace: bookinfo}
+  spec: {}
+"""
+
+
+def test_an_ejection_survives_a_config_update_that_leaves_outlier_detection_alone(certs: str) -> None:
+    fqdn = "reviews.bookinfo.svc.cluster.local"
+    stats = StatsStore()
+
+    def compiled(resources: str, services: str = SERVICES) -> Snapshot:
+        config, _ = load_proxy_config_text(document(resources, tls=certs, services=services), "proxy.yaml")
+        assert config is not None
+        snap, _ = compile_snapshot(config, stats=stats)
+        assert snap is not None
+        return snap
+
+    first = compiled(outlier_rule("30s"))
+    od = first.cluster(fqdn, "", 9080).outlier  # type: ignore[union-attr]
+    assert od is not None and od.hosts == ("127.9.0.11:9080", "127.9.0.13:9080", "127.9.0.14:9080")
+    od.record_http_status("127.9.0.11:9080", 503, 1.0)
+    assert od.is_ejected("127.9.0.11:9080")
+    # another resource of the namespace, then an endpoint gone: the same detector, the host still ejected
+    second = compiled(outlier_rule("30s") + UNRELATED)
+    assert second.cluster(fqdn, "", 9080).outlier is od and od.is_ejected("127.9.0.11:9080")  # type: ignore[union-attr]
+    picker = second.cluster(fqdn, "", 9080).picker  # type: ignore[union-attr]
+    assert picker.ejected == {"127.9.0.11:9080"}
+    assert {picker.pick().key for _ in range(20)} == {"127.9.0.13:9080", "127.9.0.14:9080"}  # type: ignore[union-attr]
+    fewer = SERVICES.replace("    - {address: 127.9.0.13, port: 9080, proxyPort: 0, labels: {version: v3}}\n", "")
+    third = compiled(outlier_rule("30s") + UNRELATED, fewer)
+    assert third.cluster(fqdn, "", 9080).outlier is od and od.hosts == ("127.9.0.11:9080", "127.9.0.14:9080")  # type: ignore[union-attr]
+    assert od.is_ejected("127.9.0.11:9080")
+    # a changed outlierDetection starts afresh, as Envoy rebuilds a changed cluster
+    fourth = compiled(outlier_rule("10s"))
+    fresh = fourth.cluster(fqdn, "", 9080).outlier  # type: ignore[union-attr]
+    assert fresh is not od and fresh is not None and not fresh.is_ejected("127.9.0.11:9080")
+
+
 def test_tcp_cluster_resolves_short_names_in_the_node_namespace(certs: str) -> None:
     snap = ok(document(tls=certs))
     found = snap.tcp_cluster("reviews", 9080)

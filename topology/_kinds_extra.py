@@ -11,6 +11,7 @@ from ._mesh import Mesh
 from ._ratelimit import RateLimitSpec
 from ._resource import register_kind
 from ._security import AuthorizationPolicy, PeerAuthentication, RequestAuthentication
+from ._workload_fault import WorkloadFaultSpec
 
 SECURITY_VERSIONS = frozenset({"v1beta1", "v1"})
 """security.istio.io versions served (v1 since Istio 1.22; v1beta1 still served)."""
@@ -28,11 +29,12 @@ register_kind("multicluster.x-k8s.io", "ServiceExport", {"v1alpha1"}, ServiceExp
 
 register_kind("meshfed.io", "Mesh", {"v1alpha1"}, Mesh, spec_required=True)
 register_kind("meshfed.io", "RateLimit", {"v1alpha1"}, RateLimitSpec, spec_required=True)
+register_kind("meshfed.io", "WorkloadFault", {"v1alpha1"}, WorkloadFaultSpec, spec_required=True)
 
 KINDS_EXTRA = (
     ("security.istio.io", "PeerAuthentication"), ("security.istio.io", "AuthorizationPolicy"),
     ("security.istio.io", "RequestAuthentication"), ("", "Service"), ("", "ServiceAccount"),
     ("apps", "Deployment"), ("apps", "StatefulSet"), ("multicluster.x-k8s.io", "ServiceExport"),
-    ("meshfed.io", "Mesh"), ("meshfed.io", "RateLimit"),
+    ("meshfed.io", "Mesh"), ("meshfed.io", "RateLimit"), ("meshfed.io", "WorkloadFault"),
 )
 """(group, kind) of everything registered here."""
