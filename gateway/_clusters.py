@@ -72,27 +72,37 @@ class StatsStore:
     def __init__(self) -> None:
         self._hosts: dict[tuple[str, str], HostStats] = {}
         self._outliers: dict[str, OutlierDetector] = {}
+        self._pending: list[tuple[str, OutlierDetector, list[str]]] = []
 
     def outlier(self, cluster: str, config: OutlierConfig, hosts: list[str], sink: OutlierEventSink | None,
                 rng: random.Random) -> OutlierDetector:
-        """The cluster's detector of the previous snapshot while its outlierDetection is unchanged,
-        its hosts brought up to date (gone ones forgotten, new ones added); a new one otherwise.
+        """The cluster's detector of the snapshot in force while its outlierDetection is unchanged
+        (its hosts brought up to date by ``adopt``), a new one otherwise.
 
         Envoy keeps a cluster across config updates that do not change it, and endpoint
         updates keep the remaining hosts' outlier state: an ejected host stays ejected for
         its whole ejection time whatever else the control plane pushes meanwhile (a link's
-        health, a policy of the namespace, another service's endpoints)."""
+        health, a policy of the namespace, another service's endpoints). Nothing changes
+        here until ``adopt``: a refused config leaves the detectors as they were."""
         found = self._outliers.get(cluster)
         if found is None or found.config != config or found.sink is not sink:
-            found = self._outliers[cluster] = OutlierDetector(config, cluster=cluster, hosts=hosts, sink=sink, rng=rng)
-            return found
-        wanted = set(hosts)
-        for host in found.hosts:
-            if host not in wanted:
-                found.remove_host(host)
-        for host in hosts:
-            found.add_host(host)
+            found = OutlierDetector(config, cluster=cluster, hosts=hosts, sink=sink, rng=rng)
+        self._pending.append((cluster, found, hosts))
         return found
+
+    def adopt(self, accepted: bool) -> None:
+        """The snapshot compiled since the last call is served (``accepted``) or refused."""
+        pending, self._pending = self._pending, []
+        if not accepted:
+            return
+        for cluster, detector, hosts in pending:
+            self._outliers[cluster] = detector
+            wanted = set(hosts)
+            for host in detector.hosts:
+                if host not in wanted:
+                    detector.remove_host(host)
+            for host in hosts:
+                detector.add_host(host)
 
     def host(self, cluster: str, key: str) -> HostStats:
         found = self._hosts.get((cluster, key))

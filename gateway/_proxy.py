@@ -122,7 +122,7 @@ class Proxy:
     def apply(self, config: ProxyConfig) -> list[Diagnostic]:
         """Compile ``config`` and make it current; on any error keep the current one.
         Returns every diagnostic (warnings included)."""
-        snap, diagnostics = compile_snapshot(config, stats=self.stats, outlier_sink=self.telemetry)
+        snap, diagnostics = compile_snapshot(config, stats=self.stats, outlier_sink=self.telemetry, adopt=False)
         if snap is not None and snap.tls is not None and snap.tls.fingerprint != self._tls_fingerprint:
             from trustdomain import MtlsContexts  # cryptography: only for a proxy with a certificate
 
@@ -136,6 +136,7 @@ class Proxy:
             else:
                 self.server_mtls, self.client_mtls = server, client
                 self._tls_fingerprint = snap.tls.fingerprint
+        self.stats.adopt(snap is not None)
         if snap is None:
             self.refused += 1
             self.metrics.record_config(applied=False)

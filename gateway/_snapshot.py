@@ -130,10 +130,21 @@ class Snapshot:
 # -- compiling ------------------------------------------------------------------------
 
 def compile_snapshot(config: ProxyConfig, *, stats: StatsStore | None = None, rng: random.Random | None = None,
-                     outlier_sink: OutlierEventSink | None = None) -> tuple[Snapshot | None, list[Diagnostic]]:
+                     outlier_sink: OutlierEventSink | None = None, adopt: bool = True
+                     ) -> tuple[Snapshot | None, list[Diagnostic]]:
     """Compile ``config``; None and the errors when it cannot be served. ``outlier_sink``
-    receives the ejections and returns of every cluster's outlier detector."""
+    receives the ejections and returns of every cluster's outlier detector; ``stats`` keeps
+    them for the next compile once the snapshot is known to be served (``adopt=False``: the
+    caller says so with ``stats.adopt``)."""
     stats = stats or StatsStore()
+    snap, diags = _compile(config, stats, rng, outlier_sink)
+    if adopt:
+        stats.adopt(snap is not None)
+    return snap, diags
+
+
+def _compile(config: ProxyConfig, stats: StatsStore, rng: random.Random | None,
+             outlier_sink: OutlierEventSink | None) -> tuple[Snapshot | None, list[Diagnostic]]:
     rng = rng or random.Random()
     spec = config.spec
     node = spec.node

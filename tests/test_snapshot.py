@@ -295,6 +295,12 @@ def test_an_ejection_survives_a_config_update_that_leaves_outlier_detection_alon
     third = compiled(outlier_rule("30s") + UNRELATED, fewer)
     assert third.cluster(fqdn, "", 9080).outlier is od and od.hosts == ("127.9.0.11:9080", "127.9.0.14:9080")  # type: ignore[union-attr]
     assert od.is_ejected("127.9.0.11:9080")
+    # a refused config changes nothing
+    config, _ = load_proxy_config_text(document(outlier_rule("10s"), services=fewer), "proxy.yaml")
+    assert config is not None  # decodes, but its mTLS endpoints have no certificate: refused after its clusters
+    refused, errors = compile_snapshot(config, stats=stats)
+    assert refused is None and any(d.path == "spec.tls" for d in errors)
+    assert compiled(outlier_rule("30s") + UNRELATED, fewer).cluster(fqdn, "", 9080).outlier is od  # type: ignore[union-attr]
     # a changed outlierDetection starts afresh, as Envoy rebuilds a changed cluster
     fourth = compiled(outlier_rule("10s"))
     fresh = fourth.cluster(fqdn, "", 9080).outlier  # type: ignore[union-attr]
