@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from topology._http_policy import HTTPFaultInjection
 
 MILLION = 1_000_000  # Envoy FractionalPercent.MILLION, the denominator Istio uses
+FAULT_BODY = b"fault filter abort"  # Envoy fault filter's local reply body
 GRPC_STATUS_CODES = {
     "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
     "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,

@@ -39,23 +39,17 @@ from ._authz_match import AuthzRequest
 from ._events import InformationalResponse, Request, _new_request
 from ._fastio import FastSocketStream, FastTlsStream
 from ._downstream import RECV_SIZE, Downstream, DownstreamGone, serve_http1
-from ._fault import NO_FAULT, Abort
-from ._flags import format_flags
 from ._exchange import Exchange, ResponseAborted, forward_attempt, forward_upgrade, request_headers
-from ._h2down import H2Downstream
 from ._h2forward import forward_to_app
 from ._h2serve import H2_PREFACE, maybe_preface, read_preface, serve_inbound_h2
 from ._tunnel import close_gracefully, split_authority
 from ._proxy_stats import TlsRefusal
-from ._ratelimit import Limited
-from ._ratelimits import take_all
-from ._rescue import ProxyError, grpc_status_for, rescue
+from ._inbound_checks import answer_abort, draw_faults, rate_limited, reported
+from ._rescue import ProxyError, rescue
 from ._sni import NEED_DATA, NOT_TLS, TLS_HANDSHAKE, parse_outbound_sni, sniff_server_name
 from ._tcpsplice import splice
 from ._upstream import open_connection
 from ._xfcc import XFCC_HEADER, PeerCertificate
-
-FAULT_BODY = b"fault filter abort"  # Envoy fault filter's local reply body
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -131,15 +125,6 @@ class Caller:
     """Our XFCC element for this caller, built once."""
     alpn: str = ""
     """The protocol an mTLS caller negotiated (``h2`` or ``http/1.1``)."""
-
-
-def inbound_rate_limit(snap: Snapshot, proxy: Proxy) -> list[tuple[bytes, bytes]] | None:
-    """Take a token from the workload's ``RateLimit`` buckets; the 429's headers when refused."""
-    got = take_all(snap.ratelimits.inbound, trio.current_time())
-    if got is None or type(got) is not Limited:
-        return None
-    proxy.metrics.stat("meshfed_ratelimit_limited_total").labels("inbound").inc()
-    return [(n.encode(), v.encode()) for n, v in got.headers.items()]
 
 
 class InboundListener:
@@ -277,20 +262,6 @@ class InboundListener:
             await close_gracefully(app)
         self.proxy.report.inbound_tcp(caller.peer, port, "-", result)
 
-    async def _fault(self, inbound: InboundConfig) -> tuple[str, Abort | None]:
-        """Draw the workload's faults for one request: sleep its delays; its flags and abort."""
-        decision, delayed, aborted = inbound.faults.decide(self.rng)
-        if decision is NO_FAULT:
-            return "-", None
-        stat = self.proxy.metrics.stat
-        for source in delayed:
-            stat("meshfed_fault_delays_injected_total").labels(source).inc()
-        for source in aborted:
-            stat("meshfed_fault_aborts_injected_total").labels(source).inc()
-        if decision.delay is not None:
-            await trio.sleep(decision.delay)
-        return format_flags(decision.flags), decision.abort
-
     async def handle(self, down: Downstream, req: Request, caller: Caller) -> bool:
         snap = self.proxy.snapshot
         inbound: InboundConfig = snap.inbound
@@ -320,25 +291,21 @@ class InboundListener:
                 if not d.allowed:
                     log.debug("inbound %s %s denied: %s", req.method, req.target[:200], d.reason)
                     keep = await down.local_reply(DENIED_STATUS, DENIED_BODY)
-                    code, grpc = _reported(down, DENIED_STATUS)
+                    code, grpc = reported(down, DENIED_STATUS)
                     self.proxy.report.inbound_http(caller.peer, port, code, "-", started, grpc_status=grpc)
                     return keep
             if snap.ratelimits.inbound:  # identity -> authorization -> rate limit -> app
-                limited = inbound_rate_limit(snap, self.proxy)
+                limited = rate_limited(snap, self.proxy)
                 if limited is not None:
                     keep = await down.local_reply(429, b"local_rate_limited", limited)
-                    code, grpc = _reported(down, 429)
+                    code, grpc = reported(down, 429)
                     self.proxy.report.inbound_http(caller.peer, port, code, "RL", started, grpc_status=grpc)
                     return keep
             if inbound.faults:  # the workload's WorkloadFault: after the checks, before the app
-                flags, abort = await self._fault(inbound)
+                flags, abort = await draw_faults(inbound, self.rng, self.proxy)
                 if abort is not None:
-                    if abort.grpc_status is None:
-                        keep = await down.local_reply(abort.http_status, FAULT_BODY)
-                    else:
-                        keep = await down.local_reply(200, b"", [(n.encode(), v.encode())
-                                                                 for n, v in abort.headers.items()])
-                    code, grpc = _reported(down, abort.http_status)
+                    keep = await answer_abort(down, abort)
+                    code, grpc = reported(down, abort.http_status)
                     self.proxy.report.inbound_http(caller.peer, port, code, flags, started, grpc_status=grpc)
                     return keep
             if down.codec.they_are_waiting_for_100_continue:
@@ -369,7 +336,7 @@ class InboundListener:
             except DownstreamGone:
                 return False
             finally:
-                code, grpc = _reported(down, reply.status)
+                code, grpc = reported(down, reply.status)
                 self.proxy.report.inbound_http(caller.peer, port, code, reply.flags, started, state.bytes_in,
                                                state.bytes_out, grpc_status=grpc)
         except (ResponseAborted, DownstreamGone) as exc:
@@ -388,12 +355,3 @@ class InboundListener:
         self.proxy.report.inbound_http(caller.peer, port, state.status, flags, started, state.bytes_in,
                                        state.bytes_out, grpc_status=state.grpc_status)
         return state.status != 101
-
-
-def _reported(down: object, status: int) -> tuple[int, int | None]:
-    """(response code, gRPC status) of a local reply as the metrics count it: a gRPC call's
-    Trailers-Only reply is HTTP 200 carrying the mapped gRPC status."""
-    if type(down) is H2Downstream and down.grpc:
-        return 200, grpc_status_for(status)
-    return status, None
-

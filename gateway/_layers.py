@@ -34,7 +34,7 @@ import trio
 
 from ._events import InformationalResponse, _new_request
 from ._exchange import ResponseAborted, apply_ops, request_headers
-from ._fault import MILLION
+from ._fault import FAULT_BODY, MILLION
 from ._flags import ResponseFlag
 from ._match import fast_route_request
 from ._outbound_request import LazyHeaders, split_target
@@ -57,7 +57,6 @@ log = logging.getLogger("meshfed.gateway.outbound")
 
 _CONTINUE = InformationalResponse(100)
 _XFP = (b"x-forwarded-proto", b"http")
-_FAULT_BODY = b"fault filter abort"  # Envoy fault filter's local reply body
 _RATE_LIMITED_BODY = b"local_rate_limited"  # Envoy local_ratelimit's local reply body
 _NAME = operator.itemgetter(0)
 _STRIPPED = frozenset(h.encode() for h in IGNORED_REQUEST_HEADERS) | {TIMEOUT_HEADER.encode(),
@@ -185,7 +184,7 @@ class FaultLayer(Layer):
             if abort is not None:
                 x.proxy.metrics.stat("meshfed_fault_aborts_injected_total").labels(x.policy.name).inc()
                 if abort.grpc_status is None:
-                    await x.reply(abort.http_status, _FAULT_BODY, flag=ResponseFlag.FI, details="fault_filter_abort")
+                    await x.reply(abort.http_status, FAULT_BODY, flag=ResponseFlag.FI, details="fault_filter_abort")
                 else:  # gRPC: a trailers-only reply, HTTP 200 carrying grpc-status
                     await x.reply(200, b"", [(n.encode(), v.encode()) for n, v in abort.headers.items()],
                                   flag=ResponseFlag.FI, details="fault_filter_abort")

@@ -343,7 +343,9 @@ def test_relinking_with_new_settings_keeps_the_imports_until_the_new_link_syncs(
         watcher.join(30)
     assert rows and {r["imported"] for r in rows if r is not None} == {3}, "make-before-break: never 0 imports"
     assert None not in rows, "the link never vanished from the report"
-    assert mesh.link("east-a", "west")["probe"]["interval"] == 0.4
+    # the status file is rewritten every second: the new settings show by the next write
+    wait(lambda: (r := mesh.link("east-a", "west")) is not None and r["probe"]["interval"] == 0.4, 5,
+         f"the new probe interval never showed: {mesh.link('east-a', 'west')}")
     assert answered_by(*client.get("http://ratings.bookinfo:9080/ratings/0"), key="id") == "0"
 
 
