@@ -73,6 +73,7 @@ class StatsStore:
         self._hosts: dict[tuple[str, str], HostStats] = {}
         self._outliers: dict[str, OutlierDetector] = {}
         self._pending: list[tuple[str, OutlierDetector, list[str]]] = []
+        self._retired: dict[str, frozenset[str]] = {}
 
     def outlier(self, cluster: str, config: OutlierConfig, hosts: list[str], sink: OutlierEventSink | None,
                 rng: random.Random) -> OutlierDetector:
@@ -91,16 +92,24 @@ class StatsStore:
         return found
 
     def adopt(self, accepted: bool) -> None:
-        """The snapshot compiled since the last call is served (``accepted``) or refused."""
+        """The snapshot compiled since the last call is served (``accepted``) or refused.
+
+        A host the new snapshot no longer has stays a member for one more snapshot: requests
+        begun under the previous one still end, and retry, there - a connection refused by
+        an endpoint that just went away must still eject it for their retries to go
+        elsewhere (the detector ignores results of hosts it does not hold)."""
         pending, self._pending = self._pending, []
         if not accepted:
             return
         for cluster, detector, hosts in pending:
             self._outliers[cluster] = detector
             wanted = set(hosts)
-            for host in detector.hosts:
-                if host not in wanted:
+            retired = self._retired.get(cluster, frozenset())
+            gone = [h for h in detector.hosts if h not in wanted]
+            for host in gone:
+                if host in retired:
                     detector.remove_host(host)
+            self._retired[cluster] = frozenset(h for h in gone if h not in retired)
             for host in hosts:
                 detector.add_host(host)
 

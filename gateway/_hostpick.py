@@ -3,10 +3,12 @@
 Theory of operation. A cluster's ``HostPicker`` holds what ``_clusters`` compiled - the
 balancer over the hosts the registry calls healthy, a ``LocalityLb`` when the
 DestinationRule turns locality load balancing on, and an ``OutlierDetector`` when it
-configures ``outlierDetection`` - and keeps one piece of state: the set of hosts ejected
-now. Every upstream result goes through ``record_status`` / ``record_result``, and the
-proxy's sweep task calls ``sweep(now)``; the events they return keep that set exact, so
-a pick never asks the detector about every host. While nothing is ejected the compiled
+configures ``outlierDetection``. The set of hosts ejected now is the detector's own
+(``OutlierDetector.ejected``, replaced at each ejection and return), so a detector shared by
+two snapshots' pickers (kept across a config push) is seen alike by both: every upstream
+result goes through ``record_status`` / ``record_result``, the proxy's sweep task calls
+``sweep(now)``, and a pick compares one frozenset by identity instead of asking the
+detector about every host. While nothing is ejected the compiled
 balancer picks; otherwise a balancer over the eligible hosts (all of them when the
 healthy share is below the panic threshold, Envoy's panic mode) is built once per
 ejection set, sharing the active-request counts. The locality balancer is told the
@@ -24,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._balancer import NO_CONTEXT, Balancer, Host, PickContext
-from ._outlier import OutlierAction, OutlierDetector, OutlierEvent
+from ._outlier import OutlierDetector, OutlierEvent
 from ._outlier_config import OutlierResult
+
+_NONE: frozenset[str] = frozenset()
 
 if TYPE_CHECKING:
     from ._locality_lb import LocalityLb
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
 class HostPicker:
     """Host choice for one cluster (see the module docstring)."""
 
-    __slots__ = ("name", "balancer", "outlier", "locality", "ejected", "_eligible", "_health")
+    __slots__ = ("name", "balancer", "outlier", "locality", "_eligible", "_health")
 
     def __init__(self, name: str, balancer: Balancer[Host] | None, outlier: OutlierDetector | None = None,
                  locality: LocalityLb | None = None) -> None:
@@ -42,29 +46,40 @@ class HostPicker:
         self.balancer = balancer
         self.outlier = outlier
         self.locality = locality
-        # a detector carried over from the previous snapshot (``StatsStore.outlier``) may hold
-        # ejections already: they go on counting against their hosts
-        self.ejected: frozenset[str] = frozenset(
-            h for h in outlier.hosts if outlier.is_ejected(h)) if outlier is not None else frozenset()
         self._eligible: tuple[frozenset[str], Balancer[Host] | None] | None = None
-        self._health: dict[str, bool] = {k: False for k in self.ejected}
+        self._health: tuple[frozenset[str], dict[str, bool]] = (_NONE, {})
+
+    @property
+    def ejected(self) -> frozenset[str]:
+        """The hosts ejected now - the detector's own set: a detector carried over from the
+        previous snapshot (``StatsStore.outlier``) is shared with it, and a result recorded
+        through either picker counts for both."""
+        outlier = self.outlier
+        return outlier.ejected if outlier is not None else _NONE
 
     # -- picking -------------------------------------------------------------------------
     def pick(self, context: PickContext = NO_CONTEXT) -> Host | None:
+        outlier = self.outlier
+        ejected = outlier.ejected if outlier is not None else _NONE
         if self.locality is not None:
-            return self.locality.pick(context, self._health if self.ejected else None)
+            if not ejected:
+                return self.locality.pick(context, None)
+            health = self._health
+            if health[0] is not ejected:
+                health = self._health = (ejected, {k: False for k in ejected})
+            return self.locality.pick(context, health[1])
         balancer = self.balancer
         if balancer is None:
             return None
-        if self.ejected:
-            balancer = self._eligible_balancer()
+        if ejected:
+            balancer = self._eligible_balancer(ejected)
             if balancer is None:
                 return None
         return balancer.pick(context)
 
-    def _eligible_balancer(self) -> Balancer[Host] | None:
+    def _eligible_balancer(self, ejected: frozenset[str]) -> Balancer[Host] | None:
         cached = self._eligible
-        if cached is not None and cached[0] is self.ejected:
+        if cached is not None and cached[0] is ejected:
             return cached[1]
         base = self.balancer
         assert base is not None and self.outlier is not None
@@ -76,7 +91,7 @@ class HostPicker:
             found = base.rebuild([h for h in base.hosts if h.key in wanted])
         else:
             found = None
-        self._eligible = (self.ejected, found)
+        self._eligible = (ejected, found)
         return found
 
     def on_request_start(self, host: Host) -> None:
@@ -102,34 +117,19 @@ class HostPicker:
             # LocalOriginConnectSuccess when the pool hands it a connection, which ends a
             # run of local-origin failures (a no-op without the split).
             outlier.record_result(host, OutlierResult.LOCAL_ORIGIN_CONNECT_SUCCESS, now)
-        return self._apply(outlier.record_http_status(host, status, now))
+        return outlier.record_http_status(host, status, now)
 
     def record_result(self, host: str, result: OutlierResult, now: float) -> tuple[OutlierEvent, ...]:
         """A connect failure, reset or timeout of ``host``."""
         if self.outlier is None:
             return ()
-        return self._apply(self.outlier.record_result(host, result, now))
+        return self.outlier.record_result(host, result, now)
 
     def sweep(self, now: float) -> tuple[OutlierEvent, ...]:
         """The detector's interval timer: hosts whose ejection time is up come back."""
         if self.outlier is None:
             return ()
-        return self._apply(self.outlier.sweep(now))
-
-    def _apply(self, events: tuple[OutlierEvent, ...]) -> tuple[OutlierEvent, ...]:
-        changed = False
-        ejected = set(self.ejected)
-        for e in events:
-            if e.action is OutlierAction.EJECT and e.enforced:
-                ejected.add(e.host)
-                changed = True
-            elif e.action is OutlierAction.UNEJECT:
-                ejected.discard(e.host)
-                changed = True
-        if changed:
-            self.ejected = frozenset(ejected)
-            self._health = {k: False for k in self.ejected}
-        return events
+        return self.outlier.sweep(now)
 
     def health_flags(self, host: str) -> str | None:
         """Envoy's ``/failed_outlier_check`` for an ejected host, else None."""

@@ -189,6 +189,9 @@ class OutlierDetector:
         self._rng = rng if rng is not None else random.Random()
         self._monitors: dict[str, HostMonitor] = {}
         self._stats = dict.fromkeys(STATS, 0)
+        self.ejected: frozenset[str] = frozenset()
+        """The hosts ejected now: replaced (never mutated) at each change, so a reader can
+        cache what it derives from it by identity (``HostPicker``)."""
         self.last_sweep = now
         for host in hosts:
             self.add_host(host)
@@ -202,6 +205,7 @@ class OutlierDetector:
         monitor = self._monitors.pop(host, None)
         if monitor is not None and monitor.is_ejected:
             self._stats["ejections_active"] -= 1
+            self.ejected = self.ejected - {host}
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -266,6 +270,7 @@ class OutlierDetector:
         if monitor.backoff * base < cap + base:  # Envoy caps the multiplier just past the maximum
             monitor.backoff += 1
         self._stats["ejections_active"] += 1
+        self.ejected = self.ejected | {monitor.host}
         self._stats["ejections_enforced_total"] += 1
         self._stats[f"ejections_enforced_{kind.value}"] += 1
         return OutlierEvent(OutlierAction.EJECT, self.cluster, monitor.host, now, kind, True,
@@ -296,6 +301,7 @@ class OutlierDetector:
                 m.last_unejection = now
                 m.consecutive_5xx = m.consecutive_gateway_failure = m.consecutive_local_origin_failure = 0
                 self._stats["ejections_active"] -= 1
+                self.ejected = self.ejected - {m.host}
                 events.append(OutlierEvent(OutlierAction.UNEJECT, self.cluster, m.host, now, None, True,
                                            m.num_ejections))
         for m in self._monitors.values():

@@ -156,7 +156,8 @@ class override:
 
 def timeline(r: dict) -> str:
     """What a failed drill assertion shows: the reasons, then the drill's seconds one per line."""
-    return "\n".join([*r["reasons"], *r["actions"], *(json.dumps(e, sort_keys=True) for e in r["timeline"])])
+    return "\n".join([*r["reasons"], f"errors by reason: {r['errors_by_reason']}", *r["actions"],
+                      *(json.dumps(e, sort_keys=True) for e in r["timeline"])])
 
 
 def shares(r: dict, cluster: str) -> list[float]:
@@ -281,7 +282,10 @@ def test_latency_in_west_slows_only_the_answers_from_west(mesh, capsys) -> None:
     assert (code, r["verdict"], r["client_errors"]) == (0, "pass", 0), timeline(r)
     by_cluster = r["latency_ms"]["during_by_cluster"]
     assert set(by_cluster) == {"west", "east-b"}, by_cluster
-    assert by_cluster["west"]["p50_ms"] >= 300 > by_cluster["east-b"]["p99_ms"], by_cluster
+    # every answer from west waited 300 ms; east-b's did not (its p50: one slow second of a loaded
+    # machine can reach 300 ms at the tail of a few requests)
+    assert by_cluster["west"]["p50_ms"] >= 300 > by_cluster["east-b"]["p50_ms"], by_cluster
+    assert by_cluster["west"]["p50_ms"] - by_cluster["east-b"]["p50_ms"] >= 250, by_cluster
     assert_mesh_as_it_was(mesh_dir)
 
 
@@ -314,9 +318,11 @@ def test_errors_in_east_a_without_retries_reach_a_client_and_fail_the_slo(mesh, 
         code, r = drill(mesh_dir, capsys, "errors", "--cluster", "east-a", "--duration", "8s", "--percent", "100",
                         "--max-errors", "0", "--failback-wait", "20")
     assert (code, r["verdict"]) == (1, "fail"), timeline(r)
-    # each 503 that ejects east-a has no retry to hide it: the client sees it - once, and once more
-    # each time east-a comes back (after 4 s, then 8 s) while the fault is still in force
-    assert 1 <= r["client_errors"] <= 2 and r["errors_by_reason"] == {"503": r["client_errors"]}, timeline(r)
+    # the 503 that ejects east-a has no retry to hide it: the client sees it (and the few calls
+    # already on their way to east-a), in the second of the injection and, if east-a comes back
+    # after its 4 s while the fault is still in force, in that second - never for longer
+    assert r["client_errors"] >= 1 and r["errors_by_reason"] == {"503": r["client_errors"]}, timeline(r)
+    assert len([e for e in r["timeline"] if e["errors"]]) <= 2, timeline(r)
     assert r["reasons"] == [f"{r['client_errors']} of {r['requests']} requests failed as seen by the client, more "
                             f"than --max-errors 0 {r['reasons'][0].split('--max-errors 0 ', 1)[1]}"]
     assert r["failover_seconds"] is not None and r["failback_seconds"] is not None, timeline(r)

@@ -291,9 +291,19 @@ def test_an_ejection_survives_a_config_update_that_leaves_outlier_detection_alon
     picker = second.cluster(fqdn, "", 9080).picker  # type: ignore[union-attr]
     assert picker.ejected == {"127.9.0.11:9080"}
     assert {picker.pick().key for _ in range(20)} == {"127.9.0.13:9080", "127.9.0.14:9080"}  # type: ignore[union-attr]
+    # a request begun under the first snapshot ends after the swap: its 503 counts for the new picker too
+    first.cluster(fqdn, "", 9080).picker.record_status("127.9.0.13:9080", 503, 2.0)  # type: ignore[union-attr]
+    assert picker.ejected == {"127.9.0.11:9080", "127.9.0.13:9080"}
+    assert {picker.pick().key for _ in range(20)} == {"127.9.0.14:9080"}  # type: ignore[union-attr]
+    od.sweep(40.0)  # both ejections over: back for both pickers
+    assert picker.ejected == frozenset() and first.cluster(fqdn, "", 9080).picker.ejected == frozenset()  # type: ignore[union-attr]
+    od.record_http_status("127.9.0.11:9080", 503, 41.0)
     fewer = SERVICES.replace("    - {address: 127.9.0.13, port: 9080, proxyPort: 0, labels: {version: v3}}\n", "")
     third = compiled(outlier_rule("30s") + UNRELATED, fewer)
-    assert third.cluster(fqdn, "", 9080).outlier is od and od.hosts == ("127.9.0.11:9080", "127.9.0.14:9080")  # type: ignore[union-attr]
+    # the gone host stays one snapshot more: requests begun before still end (and retry) on it
+    assert third.cluster(fqdn, "", 9080).outlier is od and "127.9.0.13:9080" in od.hosts  # type: ignore[union-attr]
+    compiled(outlier_rule("30s") + UNRELATED, fewer)
+    assert od.hosts == ("127.9.0.11:9080", "127.9.0.14:9080")
     assert od.is_ejected("127.9.0.11:9080")
     # a refused config changes nothing
     config, _ = load_proxy_config_text(document(outlier_rule("10s"), services=fewer), "proxy.yaml")
