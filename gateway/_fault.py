@@ -18,7 +18,7 @@ retry/timeout ``from_istio`` converters apply it.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._flags import ResponseFlag
@@ -49,6 +49,11 @@ class Abort:
     http_status: int
     grpc_status: int | None = None
     flag: ResponseFlag = ResponseFlag.FI
+    wire_headers: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
+    """``headers`` as the reply sends them, encoded once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire_headers", tuple((n.encode(), v.encode()) for n, v in self.headers.items()))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -89,6 +94,19 @@ class FaultPolicy:
     """gRPC status code answered (``abort.grpcStatus``). Defaults to none."""
     abort_percent: float = 0.0
     """Share of requests aborted, 0..100 (``abort.percentage``). Defaults to 0."""
+    _drawn: tuple[int, int, Abort | None] = field(init=False, repr=False, compare=False)
+    """What ``decide`` draws against, computed once: the delay's and the abort's numerators
+    out of a million, and the abort answered."""
+
+    def __post_init__(self) -> None:
+        has_abort = self.abort_http_status is not None or self.abort_grpc_status is not None
+        abort = None
+        if self.abort_http_status is not None:
+            abort = Abort(self.abort_http_status)
+        elif self.abort_grpc_status is not None:
+            abort = Abort(200, self.abort_grpc_status)
+        object.__setattr__(self, "_drawn", (per_million(self.delay_percent) if self.delay is not None else 0,
+                                            per_million(self.abort_percent) if has_abort else 0, abort))
 
     @classmethod
     def from_istio(cls, fault: "HTTPFaultInjection | None") -> "FaultPolicy | None":
@@ -115,23 +133,20 @@ class FaultPolicy:
 
     @property
     def delay_per_million(self) -> int:
-        return per_million(self.delay_percent) if self.delay is not None else 0
+        return self._drawn[0]
 
     @property
     def abort_per_million(self) -> int:
-        has_abort = self.abort_http_status is not None or self.abort_grpc_status is not None
-        return per_million(self.abort_percent) if has_abort else 0
+        return self._drawn[1]
 
     def decide(self, rng: random.Random) -> FaultDecision:
         """Draw the faults for one request: one draw per configured fault, delay first."""
+        delay_pm, abort_pm, abort_as = self._drawn
         delay = abort = None
-        if self.delay is not None and rng.randrange(MILLION) < self.delay_per_million:
+        if self.delay is not None and rng.randrange(MILLION) < delay_pm:
             delay = self.delay
-        if self.abort_per_million and rng.randrange(MILLION) < self.abort_per_million:
-            if self.abort_http_status is not None:
-                abort = Abort(self.abort_http_status)
-            else:
-                abort = Abort(200, self.abort_grpc_status)
+        if abort_pm and rng.randrange(MILLION) < abort_pm:
+            abort = abort_as
         if delay is None and abort is None:
             return NO_FAULT
         return FaultDecision(delay, abort)

@@ -31,7 +31,7 @@ def rate_limited(snap: Snapshot, proxy: Proxy) -> list[tuple[bytes, bytes]] | No
     if got is None or type(got) is not Limited:
         return None
     proxy.metrics.stat("meshfed_ratelimit_limited_total").labels("inbound").inc()
-    return [(n.encode(), v.encode()) for n, v in got.headers.items()]
+    return got.wire_headers
 
 
 async def draw_faults(inbound: InboundConfig, rng: random.Random, proxy: Proxy) -> tuple[str, Abort | None]:
@@ -53,7 +53,7 @@ async def answer_abort(down: Any, abort: Abort) -> bool:
     """The fault filter's local reply (a gRPC abort is Trailers-Only); whether the connection goes on."""
     if abort.grpc_status is None:
         return bool(await down.local_reply(abort.http_status, FAULT_BODY))
-    return bool(await down.local_reply(200, b"", [(n.encode(), v.encode()) for n, v in abort.headers.items()]))
+    return bool(await down.local_reply(200, b"", abort.wire_headers))
 
 
 def reported(down: object, status: int) -> tuple[int, int | None]:

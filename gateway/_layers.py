@@ -186,7 +186,7 @@ class FaultLayer(Layer):
                 if abort.grpc_status is None:
                     await x.reply(abort.http_status, FAULT_BODY, flag=ResponseFlag.FI, details="fault_filter_abort")
                 else:  # gRPC: a trailers-only reply, HTTP 200 carrying grpc-status
-                    await x.reply(200, b"", [(n.encode(), v.encode()) for n, v in abort.headers.items()],
+                    await x.reply(200, b"", abort.wire_headers,
                                   flag=ResponseFlag.FI, details="fault_filter_abort")
                 return
         await self.inner.handle(x)
@@ -252,7 +252,7 @@ class RateLimitLayer(Layer):
             if buckets:
                 got = take_all(buckets, trio.current_time())
                 if got is not None:
-                    headers = [(n.encode(), v.encode()) for n, v in got.headers.items()]
+                    headers = got.wire_headers
                     if type(got) is Limited:
                         x.proxy.metrics.stat("meshfed_ratelimit_limited_total").labels("outbound").inc()
                         await x.reply(429, _RATE_LIMITED_BODY, headers, flag=ResponseFlag.RL,

@@ -77,6 +77,10 @@ class Allowed:
     def headers(self) -> dict[str, str]:
         return _headers(self.limit, self.remaining, self.reset)
 
+    @property
+    def wire_headers(self) -> list[tuple[bytes, bytes]]:
+        return _encoded(self.headers)
+
 
 @dataclass(frozen=True, slots=True)
 class Limited:
@@ -90,6 +94,14 @@ class Limited:
     @property
     def headers(self) -> dict[str, str]:
         return _headers(self.limit, 0, self.retry_after)
+
+    @property
+    def wire_headers(self) -> list[tuple[bytes, bytes]]:
+        return _encoded(self.headers)
+
+
+def _encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode(), v.encode()) for n, v in headers.items()]
 
 
 def _headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
